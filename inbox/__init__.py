@@ -1,0 +1,1 @@
+"""Consume messages effectively exactly once: dedup row and handler writes commit together."""

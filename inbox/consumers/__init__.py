@@ -1,0 +1,1 @@
+"""One module per broker: consumers the runner loads by URL scheme."""

@@ -1,0 +1,232 @@
+"""Apply, inspect and print the numbered migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+from outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
+
+DEFAULT_SCHEMA = "outboxkit"
+VERSION_TABLE = "outboxkit_migrations"
+# First key of the two-int advisory lock; the second is hashtext(schema).
+_LOCK_CLASS = 0x0B0C_0001
+
+_FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """A migration as the database sees it; `applied_at` is None while pending."""
+
+    version: int
+    name: str
+    applied_at: datetime | None
+    known: bool = True
+
+
+def available() -> list[Migration]:
+    """Every migration shipped with this version of outboxkit, in order."""
+    found = []
+    for entry in resources.files(__package__).iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def apply(dsn: str, schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> list[Migration]:
+    """Apply what is pending (up to `target`), each migration in its own transaction.
+
+    Safe to run from many processes at once: an advisory lock serialises them and each
+    migration is applied exactly once. Returns the migrations this call applied.
+    """
+    _check_schema_name(schema)
+    with _connect(dsn) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
+        try:
+            with conn.transaction():
+                _ensure_version_table(conn, schema)
+                pending = _pending(conn, schema, target)
+            for migration in pending:
+                with conn.transaction():
+                    _run(conn, schema, migration)
+            return pending
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
+
+
+def apply_in_transaction(
+    conn: psycopg.Connection[tuple[object, ...]],
+    schema: str = DEFAULT_SCHEMA,
+    *,
+    target: int | None = None,
+) -> list[Migration]:
+    """Apply what is pending inside the caller's open transaction (for Alembic revisions).
+
+    Takes a transaction-scoped advisory lock; never commits.
+    """
+    _check_schema_name(schema)
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
+    _ensure_version_table(conn, schema)
+    pending = _pending(conn, schema, target)
+    for migration in pending:
+        _run(conn, schema, migration)
+    return pending
+
+
+def status(dsn: str, schema: str = DEFAULT_SCHEMA) -> list[MigrationState]:
+    """Applied and pending migrations; also those applied by a newer outboxkit."""
+    _check_schema_name(schema)
+    with _connect(dsn) as conn:
+        applied = _applied(conn, schema) if _version_table_exists(conn, schema) else {}
+    states = [
+        MigrationState(
+            m.version, m.name, applied.pop(m.version)[2] if m.version in applied else None
+        )
+        for m in available()
+    ]
+    states += [
+        MigrationState(version, name, applied_at, known=False)
+        for version, (name, _checksum, applied_at) in sorted(applied.items())
+    ]
+    return states
+
+
+def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> str:
+    """The SQL that `apply` would run on an empty database, as one script."""
+    _check_schema_name(schema)
+    schema_id = sql.Identifier(schema).as_string()
+    lines = [
+        f"-- outboxkit migrations for schema {schema_id}",
+        f"CREATE SCHEMA IF NOT EXISTS {schema_id};",
+        _version_table_sql(schema).as_string() + ";",
+    ]
+    for migration in available():
+        if target is not None and migration.version > target:
+            break
+        record = sql.SQL("INSERT INTO {} (version, name, checksum) VALUES ({}, {}, {})").format(
+            sql.Identifier(schema, VERSION_TABLE),
+            migration.version,
+            migration.name,
+            migration.checksum,
+        )
+        lines += [
+            "",
+            f"-- {migration.filename}",
+            "BEGIN;",
+            sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)).as_string() + ";",
+            migration.sql.strip(),
+            record.as_string() + ";",
+            "COMMIT;",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- internals -----------------------------------------------------------------------------
+
+
+def _connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        from outbox.errors import DatabaseUnavailable
+        from outbox.redact import redact_dsn
+
+        raise DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {exc}") from None
+
+
+def _check_schema_name(schema: str) -> None:
+    if not schema or len(schema.encode()) > 63 or "\x00" in schema:
+        raise ConfigurationError(f"invalid schema name {schema!r}: 1 to 63 bytes, no NUL")
+
+
+def _version_table_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        " version integer PRIMARY KEY,"
+        " name text NOT NULL,"
+        " checksum text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(schema, VERSION_TABLE))
+
+
+def _ensure_version_table(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> None:
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(_version_table_sql(schema))
+
+
+def _version_table_exists(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+        (schema, VERSION_TABLE),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _applied(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str
+) -> dict[int, tuple[str, str, datetime]]:
+    rows = conn.execute(
+        sql.SQL("SELECT version, name, checksum, applied_at FROM {} ORDER BY version").format(
+            sql.Identifier(schema, VERSION_TABLE)
+        )
+    ).fetchall()
+    return {int(str(v)): (str(n), str(c), a) for v, n, c, a in rows}  # type: ignore[misc]
+
+
+def _pending(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str, target: int | None
+) -> list[Migration]:
+    applied = _applied(conn, schema)
+    pending = []
+    for migration in available():
+        if migration.version in applied:
+            _name, checksum, _ = applied[migration.version]
+            if checksum != migration.checksum:
+                raise ChecksumMismatch(
+                    f"migration {migration.filename} was changed after it was applied to "
+                    f"schema {schema!r} (checksum {checksum[:12]}… in the database, "
+                    f"{migration.checksum[:12]}… on disk); nothing was applied"
+                )
+        elif target is None or migration.version <= target:
+            pending.append(migration)
+    return pending
+
+
+def _run(conn: psycopg.Connection[tuple[object, ...]], schema: str, migration: Migration) -> None:
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+    try:
+        conn.execute(migration.sql.encode())
+    except psycopg.Error as exc:
+        raise MigrationError(f"migration {migration.filename} failed: {exc}") from exc
+    conn.execute(
+        sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(
+            sql.Identifier(schema, VERSION_TABLE)
+        ),
+        (migration.version, migration.name, migration.checksum),
+    )
+    conn.execute("RESET search_path")

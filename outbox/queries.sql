@@ -1,0 +1,25 @@
+-- The write path's SQL. `{table}` placeholders are bound to the schema with sql.Identifier.
+
+-- name: insert_messages
+-- One round trip for any number of messages. The partition is a stable hash of the key (or
+-- of the id for keyless messages) so that every message of a key lands in one partition.
+WITH new AS (
+    SELECT *
+    FROM unnest(
+        %(message_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(payloads)s::bytea[],
+        %(content_types)s::text[], %(headers)s::jsonb[], %(delays)s::float8[]
+    ) AS m(message_id, topic, key, payload, content_type, headers, delay)
+),
+inserted AS (
+    INSERT INTO {outbox_messages}
+        (message_id, topic, key, partition, payload, content_type, headers, available_at)
+    SELECT new.message_id, new.topic, new.key,
+           (hashtext(coalesce(new.key, new.message_id::text)) & 2147483647) %% s.partitions,
+           new.payload, new.content_type, new.headers,
+           now() + new.delay * interval '1 second'
+    FROM new CROSS JOIN {outbox_settings} AS s
+    RETURNING message_id, created_at, available_at
+)
+SELECT inserted.message_id, inserted.created_at, inserted.available_at,
+       (SELECT pg_notify(%(channel)s::text, '') WHERE %(channel)s::text IS NOT NULL) AS notified
+FROM inserted

@@ -1,0 +1,111 @@
+"""`Outbox`: write messages in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from psycopg import errors
+from psycopg.types.json import Jsonb
+
+from outbox.building import build_message
+from outbox.connections import async_connection, check_transactional, sync_connection
+from outbox.errors import SchemaNotMigrated
+from outbox.message import Message
+from outbox.queries import bound
+from outbox.settings import OutboxSettings
+
+
+class Outbox:
+    """Writes messages into the outbox table inside the caller's transaction.
+
+    `Outbox()` uses the default settings; pass `schema=…` and other `OutboxSettings` fields
+    for yours. It never commits, rolls back or closes the caller's transaction.
+    """
+
+    def __init__(self, settings: OutboxSettings | None = None, **overrides: Any) -> None:
+        base = settings or OutboxSettings()
+        self.settings = replace(base, **overrides) if overrides else base
+        self._insert = bound(self.settings.schema)["insert_messages"]
+
+    def message(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: timedelta | float | None = None,
+        content_type: str | None = None,
+    ) -> Message:
+        """A validated message for `write_many`; raises a typed error for bad input."""
+        return build_message(
+            self.settings,
+            topic,
+            payload,
+            key=key,
+            headers=headers,
+            delay=delay,
+            content_type=content_type,
+        )
+
+    def write(self, tx: Any, topic: str, payload: Any, **options: Any) -> Message:
+        """Write one message in `tx` (psycopg Connection, SQLAlchemy Session or Connection)."""
+        return self.write_many(tx, [self.message(topic, payload, **options)])[0]
+
+    async def awrite(self, tx: Any, topic: str, payload: Any, **options: Any) -> Message:
+        """Write one message in an async `tx` (psycopg or SQLAlchemy async)."""
+        return (await self.awrite_many(tx, [self.message(topic, payload, **options)]))[0]
+
+    def write_many(self, tx: Any, messages: Sequence[Message]) -> list[Message]:
+        """Write several messages in one round trip; returns them with their database times."""
+        if not messages:
+            return []
+        conn = sync_connection(tx)
+        check_transactional(conn, self.settings.allow_autocommit)
+        with _schema_errors(self.settings.schema):
+            rows = conn.execute(self._insert, self._params(messages)).fetchall()
+        return _stamped(messages, rows)
+
+    async def awrite_many(self, tx: Any, messages: Sequence[Message]) -> list[Message]:
+        """Async `write_many`."""
+        if not messages:
+            return []
+        conn = await async_connection(tx)
+        check_transactional(conn, self.settings.allow_autocommit)
+        with _schema_errors(self.settings.schema):
+            cursor = await conn.execute(self._insert, self._params(messages))
+        return _stamped(messages, await cursor.fetchall())
+
+    def _params(self, messages: Sequence[Message]) -> dict[str, Any]:
+        return {
+            "message_ids": [m.message_id for m in messages],
+            "topics": [m.topic for m in messages],
+            "keys": [m.key for m in messages],
+            "payloads": [m.payload for m in messages],
+            "content_types": [m.content_type for m in messages],
+            "headers": [Jsonb(dict(m.headers)) for m in messages],
+            "delays": [m.delay.total_seconds() if m.delay else 0.0 for m in messages],
+            "channel": self.settings.notify_channel if self.settings.notify else None,
+        }
+
+
+@contextmanager
+def _schema_errors(schema: str) -> Iterator[None]:
+    try:
+        yield
+    except (errors.UndefinedTable, errors.InvalidSchemaName) as exc:
+        raise SchemaNotMigrated(
+            f"the outboxkit tables are missing in schema {schema!r}: run `outboxkit migrate`"
+        ) from exc
+
+
+def _stamped(messages: Sequence[Message], rows: Sequence[Any]) -> list[Message]:
+    times = {row[0]: (row[1], row[2]) for row in rows}
+    return [
+        replace(m, created_at=times[m.message_id][0], available_at=times[m.message_id][1])
+        for m in messages
+    ]

@@ -1,0 +1,1 @@
+"""One module per broker: publishers the relay loads by URL scheme."""
