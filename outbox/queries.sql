@@ -18,8 +18,14 @@ inserted AS (
            new.payload, new.content_type, new.headers,
            now() + new.delay * interval '1 second'
     FROM new CROSS JOIN {outbox_settings} AS s
-    RETURNING message_id, created_at, available_at
+    RETURNING message_id, created_at, available_at, partition
+),
+notified AS (
+    -- One NOTIFY per statement naming the partitions written; PostgreSQL folds identical
+    -- notifications of one transaction into one.
+    SELECT CASE WHEN %(channel)s::text IS NOT NULL THEN
+           pg_notify(%(channel)s::text, string_agg(DISTINCT partition::text, ',')) END AS done
+    FROM inserted
 )
-SELECT inserted.message_id, inserted.created_at, inserted.available_at,
-       (SELECT pg_notify(%(channel)s::text, '') WHERE %(channel)s::text IS NOT NULL) AS notified
-FROM inserted
+SELECT inserted.message_id, inserted.created_at, inserted.available_at
+FROM inserted CROSS JOIN notified

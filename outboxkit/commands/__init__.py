@@ -3,6 +3,11 @@
 from collections.abc import Callable
 from typing import Any
 
-from outboxkit.commands import demo, migrate
+from outboxkit.commands import demo, migrate, relay, status
 
-COMMANDS: list[Callable[[Any], None]] = [migrate.register, demo.register]
+COMMANDS: list[Callable[[Any], None]] = [
+    migrate.register,
+    relay.register,
+    status.register,
+    demo.register,
+]

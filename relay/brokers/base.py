@@ -9,9 +9,11 @@ commit). It must never report `acked` for a message the broker could still lose.
         async def close(self) -> None: ...
 
 `publish` returns one `Outcome` per message, in the batch's order. A failure is retriable
-(broker down, timeout: back off and try again) or not (message too large, no route,
-rejected by the broker: dead-letter it). `publish` itself raises only for programming errors;
-a broker that is unreachable yields retriable failures for the whole batch. Messages of the
+(a timeout or refusal for this message: back off and try again, counting an attempt), or
+`unreachable` (the broker is down: the relay pauses, nothing is counted against the
+message), or not retriable (message too large, no route, rejected: dead-letter it).
+`publish` itself raises only for programming errors; a broker that is unreachable yields
+`unreachable` outcomes for the whole batch. Messages of the
 batch may be sent concurrently: the relay hands over at most one message per ordering key
 per call, so a publisher need not care about order.
 """
@@ -32,6 +34,9 @@ class Outcome:
     acked: bool
     retriable: bool = True
     error: str | None = None
+    # The broker itself is unreachable: nothing is wrong with the message, so the relay
+    # pauses and retries the batch without counting an attempt against the message.
+    unavailable: bool = False
 
     @classmethod
     def ok(cls) -> Outcome:
@@ -41,6 +46,11 @@ class Outcome:
     def retry(cls, error: str) -> Outcome:
         """A transient failure: publish again later."""
         return cls(acked=False, retriable=True, error=error)
+
+    @classmethod
+    def unreachable(cls, error: str) -> Outcome:
+        """The broker cannot be reached right now: retry the batch, no attempt counted."""
+        return cls(acked=False, retriable=True, error=error, unavailable=True)
 
     @classmethod
     def reject(cls, error: str) -> Outcome:

@@ -1,0 +1,228 @@
+"""The relay process: own partitions, run claim cycles, wake on NOTIFY, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import psycopg
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from outbox.errors import DatabaseUnavailable, SchemaNotMigrated
+from outbox.redact import redact_dsn
+from outbox.settings import notify_channel
+from relay.backoff import message_backoff
+from relay.brokers import Publisher, create_publisher
+from relay.cycle import Cycle
+from relay.faults import CrashPoints
+from relay.metrics import RelayMetrics
+from relay.ownership import PartitionOwnership
+from relay.queries import bound
+from relay.settings import RelaySettings
+from relay.wakeup import Wakeup
+
+log = logging.getLogger("outboxkit.relay")
+
+GAUGE_INTERVAL = 5.0
+
+
+class Relay:
+    """Forwards committed outbox messages of one database to one broker, at least once.
+
+    `await Relay(settings).run()` runs until `stop()` is called (or SIGTERM via the CLI).
+    """
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        *,
+        publisher: Publisher | None = None,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher or create_publisher(settings.broker_url)
+        self.metrics = metrics or RelayMetrics()
+        self.queries = bound(settings.schema)
+        self.ownership = PartitionOwnership(
+            self.queries, settings.relay_id, settings.schema, settings.relay_ttl
+        )
+        self.wakeup = Wakeup(settings.dsn, notify_channel(settings.schema))
+        self.cycle = Cycle(
+            settings, self.queries, self.publisher, self.metrics, CrashPoints(settings.crash_at)
+        )
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._stopping = asyncio.Event()
+        self._outages = 0
+        self.last_outage: str | None = None
+        self.last_tick = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the database and the broker; raise a typed error if either is down."""
+        self._conn = await self._connect()
+        try:
+            await self._check_schema(self._conn)
+            await self.publisher.connect()
+        except BaseException:
+            await self._conn.close()
+            self._conn = None
+            raise
+        self.wakeup.start()
+
+    async def run(self) -> None:
+        """Start, then relay until `stop()`; releases partitions and connections at the end."""
+        if self._conn is None:
+            await self.start()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._loop()
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    log.warning("database connection lost (%s); reconnecting", type(exc).__name__)
+                    await self._reconnect()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Stop claiming; the batch in flight is finished (published and committed) first."""
+        self._stopping.set()
+        self.wakeup.poke()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        conn = self._require_conn()
+        next_tick = next_gauges = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                await self.ownership.tick(conn)
+                self.last_tick = now
+                self.metrics.set_owned_partitions(len(self.ownership.owned))
+                next_tick = now + self.settings.heartbeat_interval
+            if now >= next_gauges:
+                await self._refresh_gauges(conn)
+                next_gauges = now + GAUGE_INTERVAL
+            busy = await self._sweep(conn)
+            if self._outages:
+                await self._pause(message_backoff(self._outages, 0.2, 5.0))
+            elif not busy:
+                await self.wakeup.wait(
+                    min(self.settings.poll_interval, max(next_tick - time.monotonic(), 0.0))
+                )
+
+    async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """One cycle per owned partition, notified ones first; True if a batch came back full."""
+        hot = self.wakeup.take_hot() & self.ownership.owned
+        order = sorted(hot) + sorted(self.ownership.owned - hot)
+        busy = False
+        for partition in order:
+            if self._stopping.is_set():
+                break
+            result = await self.cycle.run(conn, partition)
+            if result.outage:
+                self._outages += 1
+                if self.last_outage is None:
+                    log.warning("broker unavailable: %s; pausing", result.outage)
+                self.last_outage = result.outage
+                return busy
+            if self._outages:
+                log.info("broker reachable again")
+            self._outages, self.last_outage = 0, None
+            busy = busy or result.claimed >= self.settings.batch_size
+        return busy
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _refresh_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with conn.transaction():
+            backlog = await (await conn.execute(self.queries["backlog"])).fetchone()
+            dead = await (await conn.execute(self.queries["dead_letter_count"])).fetchone()
+        assert backlog is not None and dead is not None
+        self.metrics.set_backlog(int(backlog[0]))
+        self.metrics.set_oldest_pending_age(float(backlog[1]))
+        self.metrics.set_dead_letters(int(dead[0]))
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _require_conn(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None:
+            raise DatabaseUnavailable("the relay is not connected")
+        return self._conn
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.settings.dsn,
+                connect_timeout=10,
+                application_name=f"outboxkit-relay {self.settings.relay_id}"[:63],
+            )
+        except psycopg.OperationalError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise DatabaseUnavailable(
+                f"cannot connect to {redact_dsn(self.settings.dsn)}: {first_line}"
+            ) from None
+
+    async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            async with conn.transaction():
+                await conn.execute(self.queries["settings"])
+        except psycopg.errors.UndefinedTable:
+            raise SchemaNotMigrated(
+                f"no outboxkit tables in schema {self.settings.schema!r}: run `outboxkit migrate`"
+            ) from None
+
+    async def _reconnect(self) -> None:
+        self.ownership.forget()  # the session, and its advisory locks, are gone
+        self.metrics.set_owned_partitions(0)
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stopping.is_set():
+                    return
+                self._conn = await self._connect()
+        log.info("database reconnected")
+
+    async def _shutdown(self) -> None:
+        await self.wakeup.stop()
+        if self._conn is not None and not self._conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await self.ownership.release_all(self._conn)
+            await self._conn.close()
+        self._conn = None
+        await self.publisher.close()
+
+    # -- health ----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, str]:
+        """What /readyz reports: database, broker and partitions."""
+        alive = (
+            self._conn is not None
+            and not self._conn.closed
+            and time.monotonic() - self.last_tick < 3 * self.settings.heartbeat_interval + 5
+        )
+        return {
+            "database": "ok" if alive else "down",
+            "broker": "ok" if self.last_outage is None else f"down: {self.last_outage}",
+            "partitions": f"{len(self.ownership.owned)} of {self.ownership.partitions} owned",
+        }
+
+
+async def run_relay(settings: RelaySettings) -> None:
+    """Run a relay with `settings` until cancelled."""
+    relay = Relay(settings)
+    await relay.run()

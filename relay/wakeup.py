@@ -1,0 +1,83 @@
+"""Wake the relay when a message is written: LISTEN on the schema's channel.
+
+NOTIFY is only a hint. The payload names the partitions written to, so those are claimed
+first; a lost notification costs at most one poll interval. The listener has its own
+connection and reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+from psycopg import sql
+
+from relay.backoff import message_backoff
+
+log = logging.getLogger("outboxkit.relay")
+
+
+class Wakeup:
+    """`wait(timeout)` returns early when a notification arrives; `hot` names partitions."""
+
+    def __init__(self, dsn: str, channel: str) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.hot: set[int] = set()
+        self._event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False
+
+    def start(self) -> None:
+        """Start listening in the background."""
+        self._task = asyncio.create_task(self._listen_forever(), name="outboxkit-listen")
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        """Wake the waiter now (shutdown, tests)."""
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep until a notification, a poke, or `seconds` pass."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+        self._event.clear()
+
+    def take_hot(self) -> set[int]:
+        """Partitions notified since the last call."""
+        hot, self.hot = self.hot, set()
+        return hot
+
+    async def _listen_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=10
+                ) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self.listening = True
+                    failures = 0
+                    self._event.set()  # we may have missed some while disconnected
+                    async for notify in conn.notifies():
+                        self._note(notify.payload)
+            except psycopg.Error as exc:
+                self.listening = False
+                failures += 1
+                log.warning("listener connection lost (%s); polling meanwhile", type(exc).__name__)
+                await asyncio.sleep(message_backoff(failures, 0.2, 5.0))
+
+    def _note(self, payload: str) -> None:
+        for part in payload.split(","):
+            if part.isdigit():
+                self.hot.add(int(part))
+        self._event.set()
