@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from outbox.message import Message
-from relay.backoff import message_backoff
+from outbox.backoff import message_backoff
 from relay.brokers.base import Outcome, Publisher
 from relay.faults import CrashPoints
 from relay.metrics import RelayMetrics

@@ -14,7 +14,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from outbox.errors import DatabaseUnavailable, SchemaNotMigrated
 from outbox.redact import redact_dsn
 from outbox.settings import notify_channel
-from relay.backoff import message_backoff
+from outbox.backoff import message_backoff
 from relay.brokers import Publisher, create_publisher
 from relay.cycle import Cycle
 from relay.faults import CrashPoints

@@ -14,7 +14,7 @@ import logging
 import psycopg
 from psycopg import sql
 
-from relay.backoff import message_backoff
+from outbox.backoff import message_backoff
 
 log = logging.getLogger("outboxkit.relay")
 

@@ -1,4 +1,4 @@
-"""Backoff for messages the broker failed: exponential with jitter."""
+"""Backoff for retries (relay publishes, inbox handlers): exponential with jitter."""
 
 from __future__ import annotations
 

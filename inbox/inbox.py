@@ -1,0 +1,125 @@
+"""`Inbox`: handle each message once, in the same transaction as the handler's writes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from psycopg.types.json import Jsonb
+
+from inbox.queries import bound
+from inbox.registry import AsyncHandler, Handler, HandlerRegistry, Registration
+from outbox.connections import async_connection, check_transactional, sync_connection
+from outbox.errors import ConfigurationError, OutboxkitError
+from outbox.message import Message
+
+
+class NoHandler(OutboxkitError):
+    """No handler is registered for the message's topic."""
+
+
+class Inbox:
+    """Deduplicates messages for one consumer and runs their handlers.
+
+        ib = Inbox(consumer="billing")
+
+        @ib.handler("order.created")
+        def create_invoice(tx, message):        # tx: the connection the dedup row is on
+            tx.execute("INSERT INTO invoices …", (message.json()["order_id"],))
+
+        with conn.transaction():
+            ib.handle(conn, message)           # True: handled now; False: a duplicate
+
+    `handle` and `ahandle` never commit: the dedup row, the handler's writes and any
+    `outbox.write` the handler makes commit together when the caller commits.
+    """
+
+    def __init__(self, consumer: str, *, schema: str = "outboxkit") -> None:
+        if not consumer or len(consumer) > 200:
+            raise ConfigurationError("consumer must be a non-empty name of at most 200 characters")
+        self.consumer = consumer
+        self.schema = schema
+        self.registry = HandlerRegistry()
+        self.queries = bound(schema)
+
+    def handler(self, pattern: str) -> Callable[[Handler], Handler]:
+        """Decorator: register a sync or async `handler(tx, message)` for a topic pattern."""
+
+        def register(function: Handler) -> Handler:
+            self.registry.add(pattern, function)
+            return function
+
+        return register
+
+    def handle(self, tx: Any, message: Message) -> bool:
+        """Record `message` in `tx` and run its (sync) handler unless it was seen before."""
+        registration = self._registration(message)
+        if registration.is_async:
+            raise ConfigurationError(
+                f"the handler for {message.topic!r} is async: use `await inbox.ahandle(...)`"
+            )
+        conn = sync_connection(tx)
+        check_transactional(conn, allow_autocommit=False)
+        if conn.execute(self.queries["record"], self._record_params(message)).fetchone() is None:
+            return False
+        registration.handler(tx, message)
+        return True
+
+    async def ahandle(self, tx: Any, message: Message) -> bool:
+        """Async `handle` on an async connection or session, for async handlers."""
+        registration = self._registration(message)
+        conn = await async_connection(tx)
+        check_transactional(conn, allow_autocommit=False)
+        if not registration.is_async:
+            raise ConfigurationError(
+                f"the handler for {message.topic!r} is sync: use `inbox.handle(...)` on a "
+                "sync connection"
+            )
+        cursor = await conn.execute(self.queries["record"], self._record_params(message))
+        if await cursor.fetchone() is None:
+            return False
+        await cast(AsyncHandler, registration.handler)(tx, message)
+        return True
+
+    @property
+    def is_async(self) -> bool:
+        """True if all handlers are async, False if all are sync (the runner needs one kind)."""
+        kinds = {r.is_async for r in self.registry.registrations()}
+        if len(kinds) > 1:
+            raise ConfigurationError(
+                f"consumer {self.consumer!r} mixes sync and async handlers; the runner needs "
+                "one kind (call handle/ahandle yourself to mix them)"
+            )
+        return kinds == {True}
+
+    def handles(self, topic: str) -> bool:
+        """Whether a handler is registered for `topic`."""
+        return self.registry.find(topic) is not None
+
+    def _registration(self, message: Message) -> Registration:
+        registration = self.registry.find(message.topic)
+        if registration is None:
+            raise NoHandler(
+                f"consumer {self.consumer!r} has no handler for topic {message.topic!r}"
+            )
+        return registration
+
+    def _record_params(self, message: Message) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "message_id": message.message_id,
+            "topic": message.topic,
+            "key": message.key,
+        }
+
+    def store_params(self, messages: list[Message]) -> dict[str, Any]:
+        """Parameters of the durable `store` query for `messages`."""
+        return {
+            "consumer": self.consumer,
+            "message_ids": [m.message_id for m in messages],
+            "topics": [m.topic for m in messages],
+            "keys": [m.key for m in messages],
+            "payloads": [m.payload for m in messages],
+            "content_types": [m.content_type for m in messages],
+            "headers": [Jsonb(dict(m.headers)) for m in messages],
+        }

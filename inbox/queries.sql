@@ -1,0 +1,131 @@
+-- The inbox's SQL. `{table}` placeholders are bound to the schema with sql.Identifier;
+-- `%%` is a literal percent sign.
+
+-- name: record
+-- Idempotent mode: the dedup row, written in the handler's transaction. No row back means
+-- the message was handled before (or is being handled right now by a concurrent delivery,
+-- whose commit this statement waits for).
+INSERT INTO {inbox_messages} (consumer, message_id, topic, key, processed_at)
+VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, now())
+ON CONFLICT (consumer, message_id) DO NOTHING
+RETURNING seq
+
+-- name: store
+-- Durable mode: keep the messages to process later; duplicates are dropped on arrival.
+INSERT INTO {inbox_messages}
+    (consumer, message_id, topic, key, payload, content_type, headers)
+SELECT %(consumer)s, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers
+FROM unnest(%(message_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[],
+            %(payloads)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[])
+     AS m(message_id, topic, key, payload, content_type, headers)
+ON CONFLICT (consumer, message_id) DO NOTHING
+
+-- name: claim
+-- Durable worker: the oldest unprocessed message of each key (keyless ones freely), that no
+-- other worker holds. A key's next message becomes claimable once its head is processed.
+SELECT m.seq, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers,
+       m.received_at, m.attempts
+FROM {inbox_messages} AS m
+WHERE m.consumer = %(consumer)s
+  AND m.processed_at IS NULL
+  AND m.available_at <= now()
+  AND (m.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM {inbox_messages} AS e
+        WHERE e.consumer = m.consumer AND e.key = m.key
+          AND e.processed_at IS NULL AND e.seq < m.seq))
+ORDER BY m.seq
+LIMIT %(limit)s
+FOR UPDATE OF m SKIP LOCKED
+
+-- name: mark_processed
+UPDATE {inbox_messages}
+SET processed_at = now(), last_error = NULL,
+    payload = CASE WHEN %(keep_payload)s THEN payload END
+WHERE consumer = %(consumer)s AND seq = ANY (%(seqs)s::bigint[])
+
+-- name: mark_failed
+UPDATE {inbox_messages} AS m
+SET attempts = m.attempts + 1, last_error = f.error,
+    available_at = now() + f.delay * interval '1 second'
+FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[]) AS f(seq, error, delay)
+WHERE m.consumer = %(consumer)s AND m.seq = f.seq
+
+-- name: bury_stored
+-- Durable mode, attempts exhausted: copy to the dead letters and close the row (the dedup
+-- key stays, so a redelivery is still recognised).
+WITH closed AS (
+    UPDATE {inbox_messages} AS m
+    SET processed_at = now(), attempts = m.attempts + 1, last_error = f.error
+    FROM unnest(%(seqs)s::bigint[], %(errors)s::text[]) AS f(seq, error)
+    WHERE m.consumer = %(consumer)s AND m.seq = f.seq
+    RETURNING m.*
+)
+INSERT INTO {inbox_dead_letters}
+    (consumer, message_id, topic, key, payload, content_type, headers, received_at,
+     attempts, last_error)
+SELECT consumer, message_id, topic, key, payload, content_type, headers, received_at,
+       attempts, last_error
+FROM closed
+ON CONFLICT (consumer, message_id) DO NOTHING
+
+-- name: bury_delivery
+-- Idempotent mode, the broker's deliveries exhausted: keep the message as a dead letter and
+-- its dedup key, then the runner acks the broker.
+WITH dedup AS (
+    INSERT INTO {inbox_messages}
+        (consumer, message_id, topic, key, processed_at, attempts, last_error)
+    VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, now(), %(attempts)s, %(error)s)
+    ON CONFLICT (consumer, message_id) DO NOTHING
+)
+INSERT INTO {inbox_dead_letters}
+    (consumer, message_id, topic, key, payload, content_type, headers, received_at,
+     attempts, last_error)
+VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, %(payload)s, %(content_type)s,
+        %(headers)s, now(), %(attempts)s, %(error)s)
+ON CONFLICT (consumer, message_id) DO NOTHING
+
+-- name: find_dead_letters
+SELECT consumer, message_id, topic, key, attempts, last_error, dead_at
+FROM {inbox_dead_letters}
+WHERE (%(consumer)s::text IS NULL OR consumer = %(consumer)s::text)
+  AND (%(message_ids)s::uuid[] IS NULL OR message_id = ANY (%(message_ids)s::uuid[]))
+  AND (%(topic)s::text IS NULL OR topic LIKE %(topic)s::text)
+  AND (%(key)s::text IS NULL OR key = %(key)s::text)
+ORDER BY dead_at, message_id
+LIMIT %(limit)s
+FOR UPDATE
+
+-- name: retry_dead_letters
+-- Back to the inbox as unprocessed durable rows: the consumer's durable worker runs them.
+WITH moved AS (
+    DELETE FROM {inbox_dead_letters} AS d
+    USING unnest(%(consumers)s::text[], %(message_ids)s::uuid[]) AS t(consumer, message_id)
+    WHERE d.consumer = t.consumer AND d.message_id = t.message_id
+    RETURNING d.*
+)
+INSERT INTO {inbox_messages}
+    (consumer, message_id, topic, key, payload, content_type, headers)
+SELECT consumer, message_id, topic, key, payload, content_type, headers FROM moved
+ON CONFLICT (consumer, message_id) DO UPDATE
+SET processed_at = NULL, attempts = 0, last_error = NULL, available_at = now(),
+    payload = excluded.payload, content_type = excluded.content_type,
+    headers = excluded.headers
+
+-- name: purge_dead_letters
+DELETE FROM {inbox_dead_letters} AS d
+USING unnest(%(consumers)s::text[], %(message_ids)s::uuid[]) AS t(consumer, message_id)
+WHERE d.consumer = t.consumer AND d.message_id = t.message_id
+
+-- name: prune
+-- Retention: forget processed messages older than the window. A redelivery of a message
+-- older than the window would be handled again: the window is the dedup window.
+DELETE FROM {inbox_messages}
+WHERE (%(consumer)s::text IS NULL OR consumer = %(consumer)s::text)
+  AND processed_at < now() - %(older_than)s * interval '1 second'
+
+-- name: drop_payloads
+UPDATE {inbox_messages}
+SET payload = NULL, headers = NULL
+WHERE (%(consumer)s::text IS NULL OR consumer = %(consumer)s::text)
+  AND processed_at < now() - %(older_than)s * interval '1 second'
+  AND payload IS NOT NULL

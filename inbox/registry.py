@@ -1,0 +1,73 @@
+"""Handlers by topic pattern."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from outbox.message import Message
+
+SyncHandler = Callable[[Any, Message], None]
+AsyncHandler = Callable[[Any, Message], Awaitable[None]]
+Handler = SyncHandler | AsyncHandler
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A handler and the topic pattern it was registered for."""
+
+    pattern: str
+    handler: Handler
+    is_async: bool
+
+
+class HandlerRegistry:
+    """Maps a topic to its handler: exact topics first, then patterns in registration order.
+
+    Patterns use `*` for any run of characters (`orders.*`, `*.created`, `*`).
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, Registration] = {}
+        self._patterns: list[Registration] = []
+
+    def add(self, pattern: str, handler: Handler) -> None:
+        """Register `handler` for `pattern`; a second handler for the same pattern is an error."""
+        if not pattern:
+            raise ValueError("a handler needs a non-empty topic pattern")
+        registration = Registration(pattern, handler, inspect.iscoroutinefunction(handler))
+        if "*" in pattern:
+            if any(r.pattern == pattern for r in self._patterns):
+                raise ValueError(f"a handler for {pattern!r} is already registered")
+            self._patterns.append(registration)
+        else:
+            if pattern in self._exact:
+                raise ValueError(f"a handler for {pattern!r} is already registered")
+            self._exact[pattern] = registration
+
+    def find(self, topic: str) -> Registration | None:
+        """The registration handling `topic`, or None."""
+        exact = self._exact.get(topic)
+        if exact is not None:
+            return exact
+        for registration in self._patterns:
+            if _pattern(registration.pattern).fullmatch(topic):
+                return registration
+        return None
+
+    def registrations(self) -> list[Registration]:
+        """Every registration."""
+        return [*self._exact.values(), *self._patterns]
+
+    def patterns(self) -> list[str]:
+        """Every registered pattern (for broker subscriptions)."""
+        return [*self._exact, *(r.pattern for r in self._patterns)]
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)

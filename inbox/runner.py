@@ -1,0 +1,192 @@
+"""The consumer runner: broker deliveries in, effectively exactly once out.
+
+Idempotent mode: for each delivery, one transaction (dedup row + handler), commit, then ack.
+A handler error rolls back and the broker redelivers with backoff; after `max_attempts`
+deliveries the message is dead-lettered (with its dedup key) and acked.
+
+Durable mode: deliveries are stored (dedup on insert), committed, then acked at once; inbox
+workers handle the stored rows per key in order, with retries and dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+
+from inbox.consumers import Consumer, Delivery, Subscription, create_consumer
+from inbox.inbox import Inbox, NoHandler
+from inbox.retention import prune
+from inbox.settings import ConsumerSettings, Mode
+from inbox.slots import Slot
+from outbox.backoff import message_backoff
+from outbox.errors import DatabaseUnavailable
+
+log = logging.getLogger("outboxkit.inbox")
+
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
+
+
+class ConsumerRunner:
+    """Runs an `Inbox` against a broker until `stop()`."""
+
+    def __init__(
+        self, inbox: Inbox, settings: ConsumerSettings, *, consumer: Consumer | None = None
+    ) -> None:
+        inbox.is_async  # noqa: B018 - refuse mixed sync/async handlers up front
+        self.inbox = inbox
+        self.settings = settings
+        subscription = Subscription(inbox.consumer, inbox.registry.patterns())
+        self.consumer = consumer or create_consumer(settings.broker_url, subscription)
+        self.durable = settings.mode is Mode.DURABLE or self.consumer is None
+        self._stopping = asyncio.Event()
+        self.handled = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+
+    def stop(self) -> None:
+        """Stop fetching; deliveries in flight are finished and acked first."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, then consume until `stop()`."""
+        if self.consumer is not None:
+            await self.consumer.connect()
+        tasks = []
+        try:
+            if self.consumer is not None:
+                fetchers = 1 if self.durable else self.settings.concurrency
+                tasks += [
+                    asyncio.create_task(self._fetch_loop(self.consumer)) for _ in range(fetchers)
+                ]
+            if self.durable:
+                tasks += [
+                    asyncio.create_task(self._durable_loop())
+                    for _ in range(self.settings.concurrency)
+                ]
+            if self.settings.prune_interval > 0:
+                tasks.append(asyncio.create_task(self._prune_loop()))
+            stopping = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            for task in done:
+                if task is not stopping and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self._stopping.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.consumer is not None:
+                await self.consumer.close()
+
+    # -- broker deliveries -----------------------------------------------------------------
+
+    async def _fetch_loop(self, consumer: Consumer) -> None:
+        slot = Slot(self.inbox, self.settings)
+        try:
+            while not self._stopping.is_set():
+                deliveries = await consumer.fetch(
+                    self.settings.batch_size, self.settings.fetch_wait
+                )
+                if not deliveries:
+                    continue
+                try:
+                    if self.durable:
+                        await self._store(slot, deliveries)
+                    else:
+                        for delivery in deliveries:
+                            await self._handle(slot, delivery)
+                except DB_ERRORS as exc:
+                    log.warning("database unavailable (%s); redelivering", type(exc).__name__)
+                    await slot.reset()
+                    for delivery in deliveries:
+                        with contextlib.suppress(Exception):
+                            await delivery.nak(1.0)
+                    await self._sleep(1.0)
+        finally:
+            await slot.reset()
+
+    async def _handle(self, slot: Slot, delivery: Delivery) -> None:
+        message = delivery.message
+        if message is None:
+            log.error("dropping a malformed delivery: %s", delivery.malformed)
+            await delivery.ack()
+            return
+        try:
+            handled = await slot.handle(message)
+        except DB_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the handler failed: retry or dead-letter
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, NoHandler) or delivery.attempt >= self.settings.max_attempts:
+                await slot.bury(message, delivery.attempt, error)
+                self.dead_lettered += 1
+                log.error("message %s dead-lettered: %s", message.message_id, error)
+                await delivery.ack()
+            else:
+                delay = message_backoff(
+                    delivery.attempt, self.settings.backoff_base, self.settings.backoff_max
+                )
+                log.warning(
+                    "message %s failed (attempt %d): %s",
+                    message.message_id,
+                    delivery.attempt,
+                    error,
+                )
+                await delivery.nak(delay)
+            return
+        if handled:
+            self.handled += 1
+        else:
+            self.duplicates += 1
+        await delivery.ack()  # only now: the inbox transaction has committed
+
+    async def _store(self, slot: Slot, deliveries: list[Delivery]) -> None:
+        messages = [d.message for d in deliveries if d.message is not None]
+        for delivery in deliveries:
+            if delivery.message is None:
+                log.error("dropping a malformed delivery: %s", delivery.malformed)
+        if messages:
+            await slot.store(messages)
+        for delivery in deliveries:
+            await delivery.ack()
+
+    # -- durable workers -------------------------------------------------------------------
+
+    async def _durable_loop(self) -> None:
+        slot = Slot(self.inbox, self.settings)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    result = await slot.process_stored()
+                except DB_ERRORS as exc:
+                    log.warning("database unavailable (%s); retrying", type(exc).__name__)
+                    await slot.reset()
+                    await self._sleep(1.0)
+                    continue
+                self.handled += len(result.done)
+                self.dead_lettered += len(result.dead)
+                if result.count < self.settings.batch_size:
+                    await self._sleep(self.settings.poll_interval)
+        finally:
+            await slot.reset()
+
+    async def _prune_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                removed = await prune(
+                    self.settings.dsn,
+                    self.inbox.schema,
+                    consumer=self.inbox.consumer,
+                    older_than=self.settings.retention,
+                )
+                if removed:
+                    log.info("pruned %d processed inbox rows", removed)
+            except DB_ERRORS as exc:
+                log.warning("prune failed (%s)", type(exc).__name__)
+            await self._sleep(self.settings.prune_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

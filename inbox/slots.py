@@ -1,0 +1,105 @@
+"""A worker slot: the database connection(s) one concurrent worker of the runner uses.
+
+Handlers are all sync or all async (`Inbox.is_async`). Async handlers run on an async
+connection in the event loop; sync handlers run in a thread on a sync connection. Either
+way the dedup row, the handler's writes and the commit share one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from inbox.inbox import Inbox
+from inbox.settings import ConsumerSettings
+from inbox.stored import BatchResult, process_batch_async, process_batch_sync
+from outbox.message import Message
+
+
+class Slot:
+    """One worker's connections; `reset()` after a connection error reconnects lazily."""
+
+    def __init__(self, inbox: Inbox, settings: ConsumerSettings) -> None:
+        self.inbox = inbox
+        self.settings = settings
+        self._async_handlers = inbox.is_async
+        self._aconn: psycopg.AsyncConnection[Any] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    async def handle(self, message: Message) -> bool:
+        """Dedup and handle `message` in one committed transaction; False for a duplicate."""
+        if self._async_handlers:
+            aconn = await self._async()
+            async with aconn.transaction():
+                return await self.inbox.ahandle(aconn, message)
+        conn = await self._sync()
+        return await asyncio.to_thread(self._handle_sync, conn, message)
+
+    def _handle_sync(self, conn: psycopg.Connection[Any], message: Message) -> bool:
+        with conn.transaction():
+            return self.inbox.handle(conn, message)
+
+    async def process_stored(self) -> BatchResult:
+        """Claim and handle one batch of stored messages (durable mode)."""
+        if self._async_handlers:
+            return await process_batch_async(self.inbox, await self._async(), self.settings)
+        conn = await self._sync()
+        return await asyncio.to_thread(process_batch_sync, self.inbox, conn, self.settings)
+
+    async def store(self, messages: list[Message]) -> None:
+        """Store messages for the durable workers (duplicates dropped), committed."""
+        aconn = await self._async()
+        async with aconn.transaction():
+            await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
+
+    async def bury(self, message: Message, attempts: int, error: str) -> None:
+        """Dead-letter a delivery the handler kept failing on, keeping its dedup key."""
+        aconn = await self._async()
+        async with aconn.transaction():
+            await aconn.execute(
+                self.inbox.queries["bury_delivery"],
+                {
+                    "consumer": self.inbox.consumer,
+                    "message_id": message.message_id,
+                    "topic": message.topic,
+                    "key": message.key,
+                    "payload": message.payload,
+                    "content_type": message.content_type,
+                    "headers": Jsonb(dict(message.headers)),
+                    "attempts": attempts,
+                    "error": error[:2000],
+                },
+            )
+
+    async def reset(self) -> None:
+        """Close both connections (after a connection error); the next call reconnects."""
+        if self._aconn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._aconn.close()
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await asyncio.to_thread(self._conn.close)
+        self._aconn = self._conn = None
+
+    async def _async(self) -> psycopg.AsyncConnection[Any]:
+        aconn = self._aconn
+        if aconn is None or aconn.closed:
+            aconn = self._aconn = await psycopg.AsyncConnection.connect(
+                self.settings.dsn, connect_timeout=10
+            )
+        return aconn
+
+    async def _sync(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await asyncio.to_thread(_connect_sync, self.settings.dsn)
+            self._conn = conn
+        return conn
+
+
+def _connect_sync(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, connect_timeout=10)
