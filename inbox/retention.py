@@ -9,11 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import psycopg
-
 from inbox.queries import bound
-from outbox.errors import ConfigurationError, DatabaseUnavailable
-from outbox.redact import redact_dsn
+from outbox.db import aconnect
+from outbox.errors import ConfigurationError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -42,12 +40,7 @@ async def prune(
     if older_than <= 0:
         raise ConfigurationError("the retention window must be positive")
     queries = bound(schema)
-    try:
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {first_line}") from None
-    async with conn:
+    async with await aconnect(dsn, autocommit=True) as conn:
         params: dict[str, Any] = {"consumer": consumer, "older_than": older_than}
         if payloads_older_than is not None:
             await conn.execute(

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from inbox.inbox import Inbox
 from inbox.settings import ConsumerSettings
 from inbox.stored import BatchResult, process_batch_async, process_batch_sync
+from outbox.db import aconnect, connect
 from outbox.message import Message
 
 
@@ -88,18 +89,12 @@ class Slot:
     async def _async(self) -> psycopg.AsyncConnection[Any]:
         aconn = self._aconn
         if aconn is None or aconn.closed:
-            aconn = self._aconn = await psycopg.AsyncConnection.connect(
-                self.settings.dsn, connect_timeout=10
-            )
+            aconn = self._aconn = await aconnect(self.settings.dsn)
         return aconn
 
     async def _sync(self) -> psycopg.Connection[Any]:
         conn = self._conn
         if conn is None or conn.closed:
-            conn = await asyncio.to_thread(_connect_sync, self.settings.dsn)
+            conn = await asyncio.to_thread(connect, self.settings.dsn)
             self._conn = conn
         return conn
-
-
-def _connect_sync(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn, connect_timeout=10)

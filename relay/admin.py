@@ -10,8 +10,8 @@ from uuid import UUID
 
 import psycopg
 
-from outbox.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
-from outbox.redact import redact_dsn
+from outbox.db import connect, like_pattern
+from outbox.errors import ConfigurationError, SchemaNotMigrated
 from relay.queries import bound
 
 
@@ -61,15 +61,6 @@ class DeadLetter:
     last_error: str
     dead_at: datetime
     created_at: datetime
-
-
-def connect(dsn: str) -> psycopg.Connection[Any]:
-    """A connection for admin work; `DatabaseUnavailable` with the password redacted."""
-    try:
-        return psycopg.connect(dsn, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {first_line}") from None
 
 
 def status(dsn: str, schema: str = "outboxkit") -> Status:
@@ -160,7 +151,7 @@ def _find(
     key: str | None,
     limit: int,
 ) -> list[DeadLetter]:
-    like = topic.replace("%", "\\%").replace("_", "\\_").replace("*", "%") if topic else None
+    like = like_pattern(topic) if topic else None
     rows = conn.execute(
         bound(schema)["find_dead_letters"],
         {

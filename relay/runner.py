@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from outbox.errors import DatabaseUnavailable, SchemaNotMigrated
-from outbox.redact import redact_dsn
-from outbox.settings import notify_channel
 from outbox.backoff import message_backoff
+from outbox.db import aconnect
+from outbox.errors import DatabaseUnavailable, SchemaNotMigrated
+from outbox.settings import notify_channel
 from relay.brokers import Publisher, create_publisher
 from relay.cycle import Cycle
 from relay.faults import CrashPoints
@@ -157,17 +157,8 @@ class Relay:
         return self._conn
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        try:
-            return await psycopg.AsyncConnection.connect(
-                self.settings.dsn,
-                connect_timeout=10,
-                application_name=f"outboxkit-relay {self.settings.relay_id}"[:63],
-            )
-        except psycopg.OperationalError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise DatabaseUnavailable(
-                f"cannot connect to {redact_dsn(self.settings.dsn)}: {first_line}"
-            ) from None
+        name = f"outboxkit-relay {self.settings.relay_id}"[:63]
+        return await aconnect(self.settings.dsn, application_name=name)
 
     async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
         try:

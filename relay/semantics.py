@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
+from outbox.db import like_pattern
 from outbox.errors import ConfigurationError
 
 
@@ -69,7 +70,7 @@ class TopicSemantics:
     def at_most_once_like_patterns(self) -> list[str]:
         """SQL LIKE patterns matching exactly the at-most-once topics (for the claims)."""
         return [
-            _glob_to_like(pattern)
+            like_pattern(pattern)
             for pattern, semantics in self.rules
             if semantics is Semantics.AT_MOST_ONCE
         ]
@@ -78,8 +79,3 @@ class TopicSemantics:
 @cache
 def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), re.DOTALL)
-
-
-def _glob_to_like(pattern: str) -> str:
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")

@@ -1,0 +1,42 @@
+"""Connecting to PostgreSQL with errors that name the server but never the password."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from outbox.errors import DatabaseUnavailable
+from outbox.redact import redact_dsn
+
+CONNECT_TIMEOUT = 10
+
+
+def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
+    """A one-line `DatabaseUnavailable` for a failed connection to `dsn`."""
+    lines = str(exc).strip().splitlines()
+    return DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {lines[0] if lines else ''}")
+
+
+def connect(dsn: str, **options: Any) -> psycopg.Connection[Any]:
+    """`psycopg.connect` with a timeout; `DatabaseUnavailable` if the server is unreachable."""
+    try:
+        return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT, **options)
+    except psycopg.OperationalError as exc:
+        raise unavailable(dsn, exc) from None
+
+
+async def aconnect(dsn: str, **options: Any) -> psycopg.AsyncConnection[Any]:
+    """Async `connect`."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            dsn, connect_timeout=CONNECT_TIMEOUT, **options
+        )
+    except psycopg.OperationalError as exc:
+        raise unavailable(dsn, exc) from None
+
+
+def like_pattern(glob: str) -> str:
+    """A SQL LIKE pattern for a glob where `*` is any run and `?` one character."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
