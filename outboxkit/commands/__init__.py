@@ -3,11 +3,12 @@
 from collections.abc import Callable
 from typing import Any
 
-from outboxkit.commands import demo, migrate, relay, status
+from outboxkit.commands import consume, demo, migrate, relay, status
 
 COMMANDS: list[Callable[[Any], None]] = [
     migrate.register,
     relay.register,
     status.register,
+    consume.register,
     demo.register,
 ]

@@ -17,28 +17,72 @@ def register(subparsers: Any) -> None:
     )
     dsn_option(parser)
     env_option(
-        parser, "--broker", "OUTBOXKIT_BROKER", required=True,
+        parser,
+        "--broker",
+        "OUTBOXKIT_BROKER",
+        required=True,
         help="broker URL; the scheme picks the publisher (nats://, postgresql://)",
     )
     schema_option(parser)
-    env_option(parser, "--batch-size", "OUTBOXKIT_BATCH_SIZE", type=int, default=500,
-               help="messages claimed per transaction")
-    env_option(parser, "--poll-interval", "OUTBOXKIT_POLL_INTERVAL", type=float, default=1.0,
-               help="seconds between polls without a NOTIFY")
-    env_option(parser, "--partitions", "OUTBOXKIT_PARTITIONS", type=int,
-               help="set the number of partitions of the outbox (repartitions safely)")
-    env_option(parser, "--max-attempts", "OUTBOXKIT_MAX_ATTEMPTS", type=int, default=10,
-               help="publish attempts before a message is dead-lettered")
-    env_option(parser, "--semantics", "OUTBOXKIT_SEMANTICS", default="",
-               help="per-topic delivery, e.g. 'telemetry.*=at_most_once,pay.*=exactly_once'")
-    env_option(parser, "--http-host", "OUTBOXKIT_HTTP_HOST", default="127.0.0.1",
-               help="address of the /healthz /readyz /metrics server")
-    env_option(parser, "--http-port", "OUTBOXKIT_HTTP_PORT", type=int,
-               help="port of the /healthz /readyz /metrics server (off if unset)")
-    env_option(parser, "--relay-id", "OUTBOXKIT_RELAY_ID",
-               help="name of this relay in `outboxkit status` (default host-pid-random)")
-    env_option(parser, "--crash-at", "OUTBOXKIT_TEST_CRASH_AT",
-               help=argparse.SUPPRESS)
+    env_option(
+        parser,
+        "--batch-size",
+        "OUTBOXKIT_BATCH_SIZE",
+        type=int,
+        default=500,
+        help="messages claimed per transaction",
+    )
+    env_option(
+        parser,
+        "--poll-interval",
+        "OUTBOXKIT_POLL_INTERVAL",
+        type=float,
+        default=1.0,
+        help="seconds between polls without a NOTIFY",
+    )
+    env_option(
+        parser,
+        "--partitions",
+        "OUTBOXKIT_PARTITIONS",
+        type=int,
+        help="set the number of partitions of the outbox (repartitions safely)",
+    )
+    env_option(
+        parser,
+        "--max-attempts",
+        "OUTBOXKIT_MAX_ATTEMPTS",
+        type=int,
+        default=10,
+        help="publish attempts before a message is dead-lettered",
+    )
+    env_option(
+        parser,
+        "--semantics",
+        "OUTBOXKIT_SEMANTICS",
+        default="",
+        help="per-topic delivery, e.g. 'telemetry.*=at_most_once,pay.*=exactly_once'",
+    )
+    env_option(
+        parser,
+        "--http-host",
+        "OUTBOXKIT_HTTP_HOST",
+        default="127.0.0.1",
+        help="address of the /healthz /readyz /metrics server",
+    )
+    env_option(
+        parser,
+        "--http-port",
+        "OUTBOXKIT_HTTP_PORT",
+        type=int,
+        help="port of the /healthz /readyz /metrics server (off if unset)",
+    )
+    env_option(
+        parser,
+        "--relay-id",
+        "OUTBOXKIT_RELAY_ID",
+        help="name of this relay in `outboxkit status` (default host-pid-random)",
+    )
+    env_option(parser, "--crash-at", "OUTBOXKIT_TEST_CRASH_AT", help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
+from inbox import admin as inbox_admin
 from outboxkit.commands.options import dsn_option, schema_option
 from relay import admin
 
@@ -39,6 +40,12 @@ def register(subparsers: Any) -> None:
     dead.add_argument("--topic", help="topic, `*` wildcards allowed")
     dead.add_argument("--key", help="ordering key")
     dead.add_argument("--all", action="store_true", help="every dead letter (retry/purge)")
+    dead.add_argument(
+        "--inbox",
+        action="store_true",
+        help="the consumers' inbox dead letters instead of the relay's",
+    )
+    dead.add_argument("--consumer", help="with --inbox: only this consumer")
     dead.add_argument("--limit", type=int, default=1000, help="at most this many")
     dead.add_argument("--dry-run", action="store_true", help="show what would be done")
     dead.add_argument("--json", action="store_true", help="machine-readable output")
@@ -105,4 +112,29 @@ def run_dead_letters(args: argparse.Namespace) -> int:
         verb = {"list": "found", "retry": "retried", "purge": "purged"}[args.action]
         suffix = " (dry run: nothing changed)" if args.dry_run and args.action != "list" else ""
         print(f"{len(found)} dead letter(s) {verb}{suffix}")
+    return 0
+
+
+def _inbox_dead_letters(args: argparse.Namespace, filters: dict[str, Any]) -> int:
+    filters["consumer"] = args.consumer
+    if args.action == "list":
+        found = inbox_admin.find_dead_letters(args.dsn, args.schema, **filters)
+    else:
+        act = (
+            inbox_admin.retry_dead_letters
+            if args.action == "retry"
+            else inbox_admin.purge_dead_letters
+        )
+        found = act(args.dsn, args.schema, dry_run=args.dry_run, all=args.all, **filters)
+    if args.json:
+        print(json.dumps([asdict(d) for d in found], indent=2, default=str))
+        return 0
+    for d in found:
+        print(
+            f"{d.consumer}  {d.message_id}  {d.topic}  key={d.key}  "
+            f"attempts={d.attempts}  {d.last_error}"
+        )
+    verb = {"list": "found", "retry": "retried", "purge": "purged"}[args.action]
+    suffix = " (dry run: nothing changed)" if args.dry_run and args.action != "list" else ""
+    print(f"{len(found)} inbox dead letter(s) {verb}{suffix}")
     return 0

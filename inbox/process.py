@@ -1,0 +1,67 @@
+"""Run a consumer as a process: load the app, handle signals, drain in-flight deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+
+from inbox.inbox import Inbox
+from inbox.runner import ConsumerRunner
+from inbox.settings import ConsumerSettings
+from outbox.errors import ConfigurationError
+
+log = logging.getLogger("outboxkit.inbox")
+
+
+def load_inbox(spec: str) -> Inbox:
+    """The `Inbox` named by `package.module:attribute`."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app {spec!r}: expected package.module:attribute")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the working directory is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name}: {exc}") from None
+    found = getattr(module, attribute, None)
+    if not isinstance(found, Inbox):
+        raise ConfigurationError(f"--app {spec!r}: {attribute} is not an inbox.Inbox")
+    return found
+
+
+async def serve(inbox: Inbox, settings: ConsumerSettings) -> ConsumerRunner:
+    """Consume until SIGTERM/SIGINT; in-flight deliveries are finished and acked first."""
+    runner = ConsumerRunner(inbox, settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runner.stop)
+    log.info("consumer %s started (%s mode)", inbox.consumer, settings.mode.value)
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        runner.stop()
+    finally:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), settings.shutdown_timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info(
+        "consumer %s stopped: %d handled, %d duplicates, %d dead-lettered",
+        inbox.consumer, runner.handled, runner.duplicates, runner.dead_lettered,
+    )
+    return runner
+
+
+def run(inbox: Inbox, settings: ConsumerSettings) -> None:
+    """Sync entry point: consume in this thread until SIGTERM/SIGINT."""
+    asyncio.run(serve(inbox, settings))
