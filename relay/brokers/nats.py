@@ -1,0 +1,421 @@
+"""NATS JetStream publisher (nats-py): a message is acked once its stream sent a PubAck.
+
+URL: `nats://[user:password@ | token@]host[:port][?option=value&...]`. Options:
+
+- `stream=OUTBOXKIT`: the JetStream stream the messages go to.
+- `subject_prefix=outboxkit.`: the subject is `subject_prefix + topic` (include the dot).
+- `subjects=a.>,b.*`: the subjects of a stream we create; default `<subject_prefix>>`.
+  JetStream refuses catch-alls (`>`, `*.>`), so an empty prefix needs explicit `subjects`.
+- `create_stream=true`: create the stream if it is missing; an existing stream is never altered.
+- `duplicate_window=120`, `max_age=0` (0: forever), `replicas=1`, `storage=file`: the
+  configuration of a stream we create (seconds for the durations).
+- `timeout=5`: seconds to wait for a PubAck and for stream management calls.
+- `connect_timeout=5`, `reconnect_wait=2`: seconds.
+
+Each message carries the envelope headers plus `Nats-Msg-Id: <message_id>`, so JetStream
+drops a republished message within `duplicate_window` (its PubAck says `duplicate`). NATS
+trims header values, so leading/trailing blanks in a user header do not survive. A subject
+that no subject of the stream covers is rejected before sending (a misrouted topic is
+permanent for that message). A batch is pipelined: all messages are sent, then all PubAcks
+awaited. After the first connect the client reconnects forever; while it is disconnected
+`publish` answers `unreachable` at once instead of buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+
+from outbox.envelope import to_headers
+from outbox.errors import BrokerUnavailable, ConfigurationError
+from outbox.message import Message
+from outbox.redact import redact_dsn
+from relay.brokers.base import Capabilities, Outcome
+
+_log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+DEFAULT_PORT = 4222
+_HEADER_OVERHEAD = len(b"NATS/1.0\r\n\r\n")
+_MAX_ROUTES = 10_000  # topics whose subject is remembered
+_BAD_SUBJECT_CHARS = re.compile(r"[\s\x00-\x1f]")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+# What the client refuses to send, whatever the broker's state: permanent for the message.
+_CLIENT_REFUSALS = (
+    nats.errors.BadHeaderError,
+    nats.errors.BadSubjectError,
+    nats.errors.MaxPayloadError,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NatsOptions:
+    """The connection and stream settings parsed from a `nats://` URL."""
+
+    server: str
+    display: str
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    stream: str = "OUTBOXKIT"
+    subject_prefix: str = "outboxkit."
+    subjects: tuple[str, ...] = ()
+    create_stream: bool = True
+    duplicate_window: float = 120.0
+    max_age: float = 0.0
+    replicas: int = 1
+    storage: StorageType = StorageType.FILE
+    timeout: float = 5.0
+    connect_timeout: int = 5
+    reconnect_wait: int = 2
+
+
+def parse_url(url: str) -> NatsOptions:
+    """`NatsOptions` from a broker URL; `ConfigurationError` for anything malformed."""
+    display = _display(url)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid NATS URL {display}: {exc}") from None
+    if parts.scheme != "nats" or not host:
+        raise ConfigurationError(f"expected nats://host[:port], got {display}")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    fields: dict[str, Any] = {}
+    try:
+        for name, raw in query.items():
+            fields[name] = _CONVERTERS[name](raw) if name in _CONVERTERS else _unknown(name)
+        options = NatsOptions(
+            server=f"nats://{host}:{port}" if ":" not in host else f"nats://[{host}]:{port}",
+            display=display,
+            user=user if password is not None else None,
+            password=password,
+            token=user if password is None else None,
+            **fields,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid option in {display}: {exc}") from None
+    if not options.subjects and not options.subject_prefix and options.create_stream:
+        raise ConfigurationError(
+            f"{display}: an empty subject_prefix needs subjects=... for the stream "
+            "(JetStream refuses a catch-all '>')"
+        )
+    return options
+
+
+def _unknown(name: str) -> NoReturn:
+    raise ValueError(f"unknown option {name!r}; known: {', '.join(sorted(_CONVERTERS))}")
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in _TRUE | _FALSE:
+        return raw.lower() in _TRUE
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], object]:
+    def convert(raw: str) -> object:
+        value = kind(raw)
+        if value < 0:
+            raise ValueError(f"expected a number >= 0, got {raw!r}")
+        return value
+
+    return convert
+
+
+_CONVERTERS: dict[str, Callable[[str], object]] = {
+    "stream": str,
+    "subject_prefix": str,
+    "subjects": lambda raw: tuple(s.strip() for s in raw.split(",") if s.strip()),
+    "create_stream": _bool,
+    "duplicate_window": _positive(float),
+    "max_age": _positive(float),
+    "replicas": _positive(int),
+    "storage": StorageType,
+    "timeout": _positive(float),
+    "connect_timeout": _positive(int),
+    "reconnect_wait": _positive(int),
+}
+
+
+def _display(url: str) -> str:
+    """The URL for messages: no password, and no bare token either."""
+    shown = redact_dsn(url)
+    scheme, sep, rest = shown.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if at and ":" not in userinfo and "/" not in userinfo:
+        return f"{scheme}{sep}***@{host}"
+    return shown
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether `subject` falls under the stream subject `pattern` (with `*` and `>`)."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or token not in ("*", tokens[index]):
+            return False
+    return len(wanted) == len(tokens)
+
+
+def _valid_subject(subject: str) -> bool:
+    return _BAD_SUBJECT_CHARS.search(subject) is None and all(
+        token and token not in ("*", ">") for token in subject.split(".")
+    )
+
+
+def _wire_size(headers: dict[str, str], payload: bytes) -> int:
+    """Bytes the server counts against `max_payload`: the header block plus the payload."""
+    block = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return _HEADER_OVERHEAD + block + len(payload)
+
+
+class NatsPublisher:
+    """Publishes to one JetStream stream over one connection."""
+
+    def __init__(self, options: NatsOptions) -> None:
+        self.options = options
+        self.capabilities = Capabilities(
+            ordered_per_key=True, broker_dedup=True, max_message_bytes=None
+        )
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._stream_subjects: tuple[str, ...] = ()
+        self._routes: dict[str, Outcome | str] = {}
+        self._connect_error: Exception | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Connect (failing fast), then make sure the stream exists."""
+        async with self._lock:
+            if self._nc is None or self._nc.is_closed:
+                await self._connect()
+
+    async def _connect(self) -> None:
+        o = self.options
+        nc = Client()
+        self._nc, self._js, self._connect_error = None, None, None
+        try:
+            async with asyncio.timeout(3 * o.connect_timeout + 1):
+                # nats-py retries inside connect(); these settings make it give up after two
+                # immediate attempts. Endless reconnection is switched on once connected.
+                await nc.connect(
+                    servers=[o.server],
+                    user=o.user,
+                    password=o.password,
+                    token=o.token,
+                    name="outboxkit-relay",
+                    connect_timeout=o.connect_timeout,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    flush_timeout=o.timeout,
+                )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await _close_quietly(nc)
+            detail = self._connect_error or exc
+            raise BrokerUnavailable(
+                f"cannot connect to NATS at {o.display}: {self._scrub(detail)}"
+            ) from exc
+        nc.options.update(
+            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=o.reconnect_wait
+        )
+        js = nc.jetstream(timeout=o.timeout)
+        try:
+            max_msg_size = await self._ensure_stream(js)
+        except nats.js.errors.BadRequestError as exc:  # e.g. subjects overlap another stream
+            await _close_quietly(nc)
+            raise ConfigurationError(
+                f"JetStream refused stream {o.stream} at {o.display}: {exc.description}"
+            ) from exc
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await _close_quietly(nc)
+            raise BrokerUnavailable(
+                f"JetStream stream {o.stream} at {o.display} unavailable: {self._scrub(exc)}"
+            ) from exc
+        except ConfigurationError:
+            await _close_quietly(nc)
+            raise
+        limit = nc.max_payload if max_msg_size <= 0 else min(nc.max_payload, max_msg_size)
+        self.capabilities = replace(self.capabilities, max_message_bytes=limit)
+        self._nc, self._js = nc, js
+
+    async def _ensure_stream(self, js: JetStreamContext) -> int:
+        """Look the stream up (creating it if allowed); its max_msg_size."""
+        o = self.options
+        try:
+            info = await js.stream_info(o.stream)
+        except nats.js.errors.NotFoundError:
+            if not o.create_stream:
+                raise ConfigurationError(
+                    f"JetStream stream {o.stream} does not exist at {o.display} "
+                    "and create_stream=false"
+                ) from None
+            info = await js.add_stream(
+                StreamConfig(
+                    name=o.stream,
+                    subjects=list(o.subjects or (o.subject_prefix + ">",)),
+                    duplicate_window=o.duplicate_window,
+                    max_age=o.max_age,
+                    num_replicas=o.replicas,
+                    storage=o.storage,
+                )
+            )
+            _log.info("created JetStream stream %s at %s", o.stream, o.display)
+        self._stream_subjects = tuple(info.config.subjects or ())
+        self._routes.clear()
+        return info.config.max_msg_size or -1
+
+    async def publish(self, batch: Sequence[Message]) -> list[Outcome]:
+        """Send the whole batch pipelined, then wait for every PubAck (one shared deadline)."""
+        if not batch:
+            return []
+        try:
+            await self.connect()
+        except (BrokerUnavailable, ConfigurationError) as exc:
+            # Nothing is wrong with the messages: the relay pauses and tries again later.
+            return [Outcome.unreachable(str(exc))] * len(batch)
+        nc, js = self._nc, self._js
+        assert nc is not None and js is not None
+        if not nc.is_connected:
+            down = Outcome.unreachable(f"disconnected from NATS at {self.options.display}")
+            return [down] * len(batch)
+        late = Outcome.retry(f"no PubAck within {self.options.timeout:g}s")
+        outcomes: list[Outcome] = [late] * len(batch)
+        acks: dict[asyncio.Future[Any], int] = {}
+        deadline = asyncio.get_running_loop().time() + self.options.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                for index, message in enumerate(batch):
+                    request = self._request(message, nc.max_payload)
+                    if isinstance(request, Outcome):
+                        outcomes[index] = request
+                        continue
+                    try:
+                        # No wait_stall: the deadline above bounds the wait for a free slot.
+                        ack = await js.publish_async(
+                            request[0], message.payload, headers=request[1]
+                        )
+                    except (OSError, nats.errors.Error) as exc:
+                        outcomes[index] = self._failed(exc)
+                    else:
+                        acks[ack] = index
+                if acks:
+                    await asyncio.wait(acks)
+        except TimeoutError:
+            pass  # what was not sent or acked in time stays `late`
+        for ack, index in acks.items():
+            if not ack.done():
+                ack.cancel()
+            elif not ack.cancelled():
+                error = ack.exception()
+                # A PubAck marked `duplicate` counts as acked too.
+                outcomes[index] = Outcome.ok() if error is None else self._failed(error)
+        return outcomes
+
+    def _request(self, message: Message, limit: int) -> Outcome | tuple[str, dict[str, str]]:
+        """The subject and headers for `message`, or why it can never be sent."""
+        subject = self._routes.get(message.topic) or self._route(message.topic)
+        if isinstance(subject, Outcome):
+            return subject
+        headers = to_headers(message)
+        headers[MSG_ID] = str(message.message_id)
+        size = _wire_size(headers, message.payload)
+        if size > limit:
+            return Outcome.reject(
+                f"message is {size} bytes with its headers; the NATS max_payload is {limit}"
+            )
+        return subject, headers
+
+    def _route(self, topic: str) -> Outcome | str:
+        """The subject for `topic`, or the rejection of an unroutable topic; remembered."""
+        subject = self.options.subject_prefix + topic
+        route: Outcome | str = subject
+        if not _valid_subject(subject):
+            route = Outcome.reject(f"topic {topic!r} is not a valid NATS subject")
+        elif not any(subject_matches(p, subject) for p in self._stream_subjects):
+            route = Outcome.reject(
+                f"no subject of stream {self.options.stream} matches {subject!r}"
+            )
+        if len(self._routes) < _MAX_ROUTES:
+            self._routes[topic] = route
+        return route
+
+    def _failed(self, exc: BaseException) -> Outcome:
+        """The outcome for an error from sending a message or from its PubAck."""
+        if isinstance(exc, nats.js.errors.APIError):
+            return _api_error(exc)
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            return Outcome.unreachable(f"JetStream did not answer for stream {self.options.stream}")
+        if isinstance(exc, _CLIENT_REFUSALS):
+            return Outcome.reject(f"refused by the NATS client: {type(exc).__name__} {exc}")
+        if isinstance(exc, TimeoutError | nats.js.errors.TooManyStalledMsgsError):
+            return Outcome.retry(f"no PubAck within {self.options.timeout:g}s")
+        if isinstance(exc, OSError | nats.errors.Error):
+            return Outcome.unreachable(f"NATS connection failed: {self._scrub(exc)}")
+        raise exc
+
+    async def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            await _close_quietly(nc)
+
+    def _scrub(self, error: object) -> str:
+        text = str(error) or type(error).__name__
+        for secret in (self.options.password, self.options.token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    async def _on_error(self, exc: Exception) -> None:
+        if self._nc is None:  # still connecting: the error goes into BrokerUnavailable
+            self._connect_error = exc
+        quiet = self._nc is None or self._nc.is_reconnecting
+        level = logging.DEBUG if quiet else logging.WARNING
+        _log.log(level, "NATS %s: %s", self.options.display, self._scrub(exc))
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            _log.warning("disconnected from NATS at %s; reconnecting", self.options.display)
+
+    async def _on_reconnected(self) -> None:
+        _log.info("reconnected to NATS at %s", self.options.display)
+
+
+def _api_error(exc: nats.js.errors.APIError) -> Outcome:
+    """A 4xx from JetStream refuses this message for good; anything else may pass later."""
+    error = f"JetStream error {exc.code}/{exc.err_code}: {exc.description}"
+    if exc.code is not None and 400 <= exc.code < 500:
+        return Outcome.reject(error)
+    return Outcome.retry(error)
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await nc.close()
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        _log.debug("closing the NATS connection: %r", exc)
+
+
+def create(url: str) -> NatsPublisher:
+    """A publisher for a `nats://` URL (see the module docstring for its options)."""
+    return NatsPublisher(parse_url(url))
