@@ -23,6 +23,7 @@ from inbox.settings import ConsumerSettings, Mode
 from inbox.slots import Slot
 from outbox.backoff import message_backoff
 from outbox.errors import DatabaseUnavailable
+from outbox.faults import CrashPoints
 
 log = logging.getLogger("outboxkit.inbox")
 
@@ -42,6 +43,7 @@ class ConsumerRunner:
         self.consumer = consumer or create_consumer(settings.broker_url, subscription)
         self.durable = settings.mode is Mode.DURABLE or self.consumer is None
         self._stopping = asyncio.Event()
+        self.crash = CrashPoints(settings.crash_at)
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
@@ -136,6 +138,7 @@ class ConsumerRunner:
                 )
                 await delivery.nak(delay)
             return
+        self.crash.reached("after_handle_commit")
         if handled:
             self.handled += 1
         else:
@@ -149,6 +152,7 @@ class ConsumerRunner:
                 log.error("dropping a malformed delivery: %s", delivery.malformed)
         if messages:
             await slot.store(messages)
+        self.crash.reached("after_store_commit")
         for delivery in deliveries:
             await delivery.ack()
 

@@ -48,6 +48,8 @@ class ConsumerSettings:
     keep_payload: bool = False
     prune_interval: float = 600.0
     shutdown_timeout: float = 30.0
+    # Test-only: SIGKILL ourselves at a named step (see outbox.faults).
+    crash_at: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()

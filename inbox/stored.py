@@ -17,6 +17,7 @@ from inbox.inbox import Inbox, NoHandler
 from inbox.registry import AsyncHandler, SyncHandler
 from inbox.settings import ConsumerSettings
 from outbox.backoff import message_backoff
+from outbox.envelope import RESERVED
 from outbox.message import Message
 
 
@@ -57,7 +58,7 @@ def to_stored(row: Sequence[Any]) -> StoredMessage:
         topic=topic,
         payload=payload or b"",
         key=key,
-        headers=headers or {},
+        headers={k: v for k, v in (headers or {}).items() if k not in RESERVED},
         content_type=content_type or "application/json",
         created_at=received_at,
     )

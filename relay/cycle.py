@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from outbox.message import Message
 from outbox.backoff import message_backoff
+from outbox.faults import CrashPoints
+from outbox.message import Message
 from relay.brokers.base import Outcome, Publisher
-from relay.faults import CrashPoints
 from relay.metrics import RelayMetrics
 from relay.settings import RelaySettings
 

@@ -14,10 +14,10 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from outbox.backoff import message_backoff
 from outbox.db import aconnect
 from outbox.errors import DatabaseUnavailable, SchemaNotMigrated
+from outbox.faults import CrashPoints
 from outbox.settings import notify_channel
 from relay.brokers import Publisher, create_publisher
 from relay.cycle import Cycle
-from relay.faults import CrashPoints
 from relay.metrics import RelayMetrics
 from relay.ownership import PartitionOwnership
 from relay.queries import bound

@@ -77,6 +77,7 @@ def register(subparsers: Any) -> None:
         default="10m",
         help="how often to prune automatically (0: never)",
     )
+    env_option(parser, "--crash-at", "OUTBOXKIT_TEST_CRASH_AT", help=argparse.SUPPRESS)
     parser.set_defaults(handler=run_consume)
 
     inbox_parser = subparsers.add_parser("inbox", help="inbox maintenance")
@@ -113,6 +114,7 @@ def run_consume(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         retention=parse_duration(args.retention),
         prune_interval=parse_duration(args.prune_interval),
+        crash_at=args.crash_at,
     )
     asyncio.run(serve(inbox, settings))
     return 0

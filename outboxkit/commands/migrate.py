@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import migrations
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(migrations.render_sql(args.schema, target=args.target), end="")
         return 0
     if not args.dsn:
-        print("outboxkit migrate: error: --dsn (or OUTBOXKIT_DSN) is required")
+        print("outboxkit migrate: error: --dsn (or OUTBOXKIT_DSN) is required", file=sys.stderr)
         return 2
     if args.status:
         for state in migrations.status(args.dsn, args.schema):

@@ -1,8 +1,12 @@
 """Deterministic crash points for the fault suite.
 
-`RelaySettings.crash_at = "after_publish:3"` makes the relay SIGKILL itself the third time it
-reaches the step `after_publish`. The steps: `after_claim`, `after_publish`,
-`before_commit` (settled but not committed), `after_commit`. Unset in production.
+`crash_at = "after_publish:3"` (the relay's or the consumer's setting, or the
+OUTBOXKIT_TEST_CRASH_AT variable read by the CLI at start-up) makes the process SIGKILL itself
+the third time it reaches the step `after_publish`. Unset in production.
+
+Relay steps: `after_claim`, `after_publish`, `before_commit` (settled, not committed),
+`after_commit`. Consumer steps: `after_handle_commit` (inbox transaction committed, broker
+not yet acked), `after_store_commit` (durable mode, stored but not acked).
 """
 
 from __future__ import annotations
@@ -10,7 +14,14 @@ from __future__ import annotations
 import os
 import signal
 
-STEPS = ("after_claim", "after_publish", "before_commit", "after_commit")
+STEPS = (
+    "after_claim",
+    "after_publish",
+    "before_commit",
+    "after_commit",
+    "after_handle_commit",
+    "after_store_commit",
+)
 
 
 class CrashPoints:
