@@ -11,6 +11,7 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from outbox import db
 from outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
 
 DEFAULT_SCHEMA = "outboxkit"
@@ -150,13 +151,7 @@ def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> st
 
 
 def _connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
-    try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        from outbox.errors import DatabaseUnavailable
-        from outbox.redact import redact_dsn
-
-        raise DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {exc}") from None
+    return db.connect(dsn, autocommit=True)
 
 
 def _check_schema_name(schema: str) -> None:
@@ -218,6 +213,10 @@ def _pending(
 
 
 def _run(conn: psycopg.Connection[tuple[object, ...]], schema: str, migration: Migration) -> None:
+    # Restore the caller's search_path afterwards (RESET would drop a session-level SET made
+    # by the owner of the transaction, e.g. an Alembic env.py).
+    row = conn.execute("SELECT current_setting('search_path')").fetchone()
+    previous = str(row[0]) if row else ""
     conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
     try:
         conn.execute(migration.sql.encode())
@@ -229,4 +228,4 @@ def _run(conn: psycopg.Connection[tuple[object, ...]], schema: str, migration: M
         ),
         (migration.version, migration.name, migration.checksum),
     )
-    conn.execute("RESET search_path")
+    conn.execute("SELECT set_config('search_path', %s, true)", (previous,))

@@ -65,10 +65,11 @@ def _driver_connection(tx: object, raw: Any, expected: type) -> Any:
     return driver
 
 
+# Sync and async support are registered separately: SQLAlchemy's asyncio extension needs
+# greenlet, which plain `pip install sqlalchemy` (2.1+) does not bring, and its absence must
+# not take the sync Session/Connection support down with it.
 try:
     from sqlalchemy.engine import Connection as SAConnection
-    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-    from sqlalchemy.ext.asyncio import AsyncSession as SAAsyncSession
     from sqlalchemy.orm import Session as SASession
 except ImportError:  # pragma: no cover - SQLAlchemy is an optional extra
     pass
@@ -83,6 +84,14 @@ else:
     @sync_connection.register
     def _(tx: SASession) -> SyncConn:
         return sync_connection(tx.connection())
+
+
+try:
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession as SAAsyncSession
+except ImportError:  # pragma: no cover - needs `sqlalchemy[asyncio]`
+    pass
+else:
 
     @async_connection.register
     async def _(tx: SAAsyncConnection) -> AsyncConn:

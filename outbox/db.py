@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from outbox.errors import DatabaseUnavailable
+from outbox.errors import ConfigurationError, DatabaseUnavailable
 from outbox.redact import redact_dsn
 
 CONNECT_TIMEOUT = 10
@@ -18,12 +18,21 @@ def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {lines[0] if lines else ''}")
 
 
+def invalid_dsn(dsn: str, exc: BaseException) -> ConfigurationError:
+    """A one-line `ConfigurationError` for a DSN libpq cannot parse (its message may quote
+    the DSN, password included: that echo is redacted)."""
+    message = " ".join(str(exc).replace(dsn, redact_dsn(dsn)).split())
+    return ConfigurationError(f"invalid DSN {redact_dsn(dsn)}: {message}")
+
+
 def connect(dsn: str, **options: Any) -> psycopg.Connection[Any]:
     """`psycopg.connect` with a timeout; `DatabaseUnavailable` if the server is unreachable."""
     try:
         return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT, **options)
     except psycopg.OperationalError as exc:
         raise unavailable(dsn, exc) from None
+    except psycopg.ProgrammingError as exc:
+        raise invalid_dsn(dsn, exc) from None
 
 
 async def aconnect(dsn: str, **options: Any) -> psycopg.AsyncConnection[Any]:
@@ -34,6 +43,8 @@ async def aconnect(dsn: str, **options: Any) -> psycopg.AsyncConnection[Any]:
         )
     except psycopg.OperationalError as exc:
         raise unavailable(dsn, exc) from None
+    except psycopg.ProgrammingError as exc:
+        raise invalid_dsn(dsn, exc) from None
 
 
 def like_pattern(glob: str) -> str:
