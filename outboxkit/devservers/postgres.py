@@ -127,10 +127,22 @@ class PostgresServer:
                 os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
         os.chown(self.base_dir, entry.pw_uid, entry.pw_gid)
 
+    def _check_reachable(self) -> None:
+        assert self.base_dir is not None
+        if os.geteuid() != 0:
+            return
+        for parent in self.base_dir.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise RuntimeError(
+                    f"PostgreSQL runs as {UNPRIVILEGED_USER!r} and cannot reach {self.base_dir}: "
+                    f"{parent} is not traversable by others (chmod o+x, or choose another place)"
+                )
+
     def _initdb(self) -> None:
         assert self.base_dir is not None
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._chown_tree()
+        self._check_reachable()
         result = self._run(
             [
                 str(_bin_dir() / "initdb"),
