@@ -25,32 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote, urlsplit
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import StreamConfig
 
+from outbox import nats_url
 from outbox.envelope import to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError
 from outbox.message import Message
-from outbox.redact import redact_dsn
+from outbox.nats_url import NatsOptions, subject_matches, valid_subject
 from relay.brokers.base import Capabilities, Outcome
 
 _log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
-DEFAULT_PORT = 4222
 _HEADER_OVERHEAD = len(b"NATS/1.0\r\n\r\n")
 _MAX_ROUTES = 10_000  # topics whose subject is remembered
-_BAD_SUBJECT_CHARS = re.compile(r"[\s\x00-\x1f]")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 # What the client refuses to send, whatever the broker's state: permanent for the message.
 _CLIENT_REFUSALS = (
     nats.errors.BadHeaderError,
@@ -59,123 +55,9 @@ _CLIENT_REFUSALS = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class NatsOptions:
-    """The connection and stream settings parsed from a `nats://` URL."""
-
-    server: str
-    display: str
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    stream: str = "OUTBOXKIT"
-    subject_prefix: str = "outboxkit."
-    subjects: tuple[str, ...] = ()
-    create_stream: bool = True
-    duplicate_window: float = 120.0
-    max_age: float = 0.0
-    replicas: int = 1
-    storage: StorageType = StorageType.FILE
-    timeout: float = 5.0
-    connect_timeout: int = 5
-    reconnect_wait: int = 2
-
-
 def parse_url(url: str) -> NatsOptions:
     """`NatsOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    display = _display(url)
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid NATS URL {display}: {exc}") from None
-    if parts.scheme != "nats" or not host:
-        raise ConfigurationError(f"expected nats://host[:port], got {display}")
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    fields: dict[str, Any] = {}
-    try:
-        for name, raw in query.items():
-            fields[name] = _CONVERTERS[name](raw) if name in _CONVERTERS else _unknown(name)
-        options = NatsOptions(
-            server=f"nats://{host}:{port}" if ":" not in host else f"nats://[{host}]:{port}",
-            display=display,
-            user=user if password is not None else None,
-            password=password,
-            token=user if password is None else None,
-            **fields,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid option in {display}: {exc}") from None
-    if not options.subjects and not options.subject_prefix and options.create_stream:
-        raise ConfigurationError(
-            f"{display}: an empty subject_prefix needs subjects=... for the stream "
-            "(JetStream refuses a catch-all '>')"
-        )
-    return options
-
-
-def _unknown(name: str) -> NoReturn:
-    raise ValueError(f"unknown option {name!r}; known: {', '.join(sorted(_CONVERTERS))}")
-
-
-def _bool(raw: str) -> bool:
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _positive(kind: type[int] | type[float]) -> Callable[[str], object]:
-    def convert(raw: str) -> object:
-        value = kind(raw)
-        if value < 0:
-            raise ValueError(f"expected a number >= 0, got {raw!r}")
-        return value
-
-    return convert
-
-
-_CONVERTERS: dict[str, Callable[[str], object]] = {
-    "stream": str,
-    "subject_prefix": str,
-    "subjects": lambda raw: tuple(s.strip() for s in raw.split(",") if s.strip()),
-    "create_stream": _bool,
-    "duplicate_window": _positive(float),
-    "max_age": _positive(float),
-    "replicas": _positive(int),
-    "storage": StorageType,
-    "timeout": _positive(float),
-    "connect_timeout": _positive(int),
-    "reconnect_wait": _positive(int),
-}
-
-
-def _display(url: str) -> str:
-    """The URL for messages: no password, and no bare token either."""
-    shown = redact_dsn(url)
-    scheme, sep, rest = shown.partition("://")
-    userinfo, at, host = rest.partition("@")
-    if at and ":" not in userinfo and "/" not in userinfo:
-        return f"{scheme}{sep}***@{host}"
-    return shown
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """Whether `subject` falls under the stream subject `pattern` (with `*` and `>`)."""
-    wanted, tokens = pattern.split("."), subject.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or token not in ("*", tokens[index]):
-            return False
-    return len(wanted) == len(tokens)
-
-
-def _valid_subject(subject: str) -> bool:
-    return _BAD_SUBJECT_CHARS.search(subject) is None and all(
-        token and token not in ("*", ">") for token in subject.split(".")
-    )
+    return nats_url.parse_url(url, NatsOptions, ignored=nats_url.CONSUMER_ONLY)
 
 
 def _wire_size(headers: dict[str, str], payload: bytes) -> int:
@@ -268,16 +150,7 @@ class NatsPublisher:
                     f"JetStream stream {o.stream} does not exist at {o.display} "
                     "and create_stream=false"
                 ) from None
-            info = await js.add_stream(
-                StreamConfig(
-                    name=o.stream,
-                    subjects=list(o.subjects or (o.subject_prefix + ">",)),
-                    duplicate_window=o.duplicate_window,
-                    max_age=o.max_age,
-                    num_replicas=o.replicas,
-                    storage=o.storage,
-                )
-            )
+            info = await js.add_stream(StreamConfig(**nats_url.stream_fields(o)))
             _log.info("created JetStream stream %s at %s", o.stream, o.display)
         self._stream_subjects = tuple(info.config.subjects or ())
         self._routes.clear()
@@ -299,7 +172,7 @@ class NatsPublisher:
             return [down] * len(batch)
         late = Outcome.retry(f"no PubAck within {self.options.timeout:g}s")
         outcomes: list[Outcome] = [late] * len(batch)
-        acks: dict[asyncio.Future[Any], int] = {}
+        acks: dict[asyncio.Task[Any], int] = {}
         deadline = asyncio.get_running_loop().time() + self.options.timeout
         try:
             async with asyncio.timeout_at(deadline):
@@ -308,15 +181,15 @@ class NatsPublisher:
                     if isinstance(request, Outcome):
                         outcomes[index] = request
                         continue
-                    try:
-                        # No wait_stall: the deadline above bounds the wait for a free slot.
-                        ack = await js.publish_async(
-                            request[0], message.payload, headers=request[1]
-                        )
-                    except (OSError, nats.errors.Error) as exc:
-                        outcomes[index] = self._failed(exc)
-                    else:
-                        acks[ack] = index
+                    # One request per message, all in flight at once (a request only queues
+                    # its bytes). Not js.publish_async: in nats-py 2.x its reply handler raises
+                    # instead of failing the future when JetStream answers with an error, so a
+                    # message JetStream refuses (e.g. over the stream's max_msg_size) would
+                    # only ever time out and be retried, never be dead-lettered as poison.
+                    publishing = js.publish(
+                        request[0], message.payload, self.options.timeout, headers=request[1]
+                    )
+                    acks[asyncio.create_task(publishing)] = index
                 if acks:
                     await asyncio.wait(acks)
         except TimeoutError:
@@ -328,6 +201,7 @@ class NatsPublisher:
                 error = ack.exception()
                 # A PubAck marked `duplicate` counts as acked too.
                 outcomes[index] = Outcome.ok() if error is None else self._failed(error)
+        await asyncio.gather(*acks, return_exceptions=True)  # let the cancelled ones finish
         return outcomes
 
     def _request(self, message: Message, limit: int) -> Outcome | tuple[str, dict[str, str]]:
@@ -348,7 +222,7 @@ class NatsPublisher:
         """The subject for `topic`, or the rejection of an unroutable topic; remembered."""
         subject = self.options.subject_prefix + topic
         route: Outcome | str = subject
-        if not _valid_subject(subject):
+        if not valid_subject(subject):
             route = Outcome.reject(f"topic {topic!r} is not a valid NATS subject")
         elif not any(subject_matches(p, subject) for p in self._stream_subjects):
             route = Outcome.reject(
@@ -379,11 +253,7 @@ class NatsPublisher:
             await _close_quietly(nc)
 
     def _scrub(self, error: object) -> str:
-        text = str(error) or type(error).__name__
-        for secret in (self.options.password, self.options.token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return nats_url.scrub(error, self.options)
 
     async def _on_error(self, exc: Exception) -> None:
         if self._nc is None:  # still connecting: the error goes into BrokerUnavailable
