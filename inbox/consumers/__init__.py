@@ -16,7 +16,15 @@ from outbox.redact import redact_dsn
 
 SCHEMES: dict[str, str] = {
     "nats": "inbox.consumers.nats",
+    "amqp": "inbox.consumers.rabbitmq",
+    "amqps": "inbox.consumers.rabbitmq",
+    "redis": "inbox.consumers.redis",
+    "rediss": "inbox.consumers.redis",
+    "sqs": "inbox.consumers.sqs",
+    "kafka": "inbox.consumers.kafka",
 }
+# HTTP webhooks are consumed by an ASGI app (inbox.consumers.http.webhook_app), not a runner.
+EXTRAS: dict[str, str] = {"amqp": "rabbitmq", "amqps": "rabbitmq", "rediss": "redis"}
 TABLE_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
@@ -36,7 +44,8 @@ def create_consumer(url: str, subscription: Subscription) -> Consumer | None:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(
-            f"the {scheme}:// consumer needs an extra: pip install 'outboxkit[{scheme}]' ({exc})"
+            f"the {scheme}:// consumer needs an extra: "
+            f"pip install 'outboxkit[{EXTRAS.get(scheme, scheme)}]' ({exc})"
         ) from None
     consumer: Consumer = module.create(url, subscription)
     return consumer

@@ -18,6 +18,18 @@ SCHEMES: dict[str, str] = {
     "nats": "relay.brokers.nats",
     "postgresql": "relay.brokers.postgres",
     "postgres": "relay.brokers.postgres",
+    "amqp": "relay.brokers.rabbitmq",
+    "amqps": "relay.brokers.rabbitmq",
+    "redis": "relay.brokers.redis",
+    "rediss": "relay.brokers.redis",
+    "sqs": "relay.brokers.sqs",
+    "kafka": "relay.brokers.kafka",
+    "http": "relay.brokers.http",
+    "https": "relay.brokers.http",
+}
+# The pip extra each scheme's client comes with.
+EXTRAS: dict[str, str] = {
+    "amqp": "rabbitmq", "amqps": "rabbitmq", "rediss": "redis", "https": "http",
 }
 
 
@@ -35,7 +47,8 @@ def create_publisher(url: str) -> Publisher:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(
-            f"the {scheme}:// publisher needs an extra: pip install 'outboxkit[{scheme}]' ({exc})"
+            f"the {scheme}:// publisher needs an extra: "
+            f"pip install 'outboxkit[{EXTRAS.get(scheme, scheme)}]' ({exc})"
         ) from None
     publisher: Publisher = module.create(url)
     return publisher
