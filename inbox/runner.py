@@ -97,8 +97,7 @@ class ConsumerRunner:
                     if self.durable:
                         await self._store(slot, deliveries)
                     else:
-                        for delivery in deliveries:
-                            await self._handle(slot, delivery)
+                        await self._handle(slot, deliveries)
                 except DB_ERRORS as exc:
                     log.warning("database unavailable (%s); redelivering", type(exc).__name__)
                     await slot.reset()
@@ -109,41 +108,46 @@ class ConsumerRunner:
         finally:
             await slot.reset()
 
-    async def _handle(self, slot: Slot, delivery: Delivery) -> None:
-        message = delivery.message
-        if message is None:
-            log.error("dropping a malformed delivery: %s", delivery.malformed)
-            await delivery.ack()
-            return
-        try:
-            handled = await slot.handle(message)
-        except DB_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the handler failed: retry or dead-letter
-            error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, NoHandler) or delivery.attempt >= self.settings.max_attempts:
-                await slot.bury(message, delivery.attempt, error)
-                self.dead_lettered += 1
-                log.error("message %s dead-lettered: %s", message.message_id, error)
+    async def _handle(self, slot: Slot, deliveries: list[Delivery]) -> None:
+        """Handle a fetched batch in one transaction, then ack, retry or dead-letter each."""
+        valid = []
+        for delivery in deliveries:
+            if delivery.message is None:
+                log.error("dropping a malformed delivery: %s", delivery.malformed)
                 await delivery.ack()
             else:
-                delay = message_backoff(
-                    delivery.attempt, self.settings.backoff_base, self.settings.backoff_max
-                )
-                log.warning(
-                    "message %s failed (attempt %d): %s",
-                    message.message_id,
-                    delivery.attempt,
-                    error,
-                )
-                await delivery.nak(delay)
+                valid.append(delivery)
+        if not valid:
             return
+        results = await slot.handle_many([d.message for d in valid if d.message is not None])
         self.crash.reached("after_handle_commit")
-        if handled:
-            self.handled += 1
-        else:
-            self.duplicates += 1
-        await delivery.ack()  # only now: the inbox transaction has committed
+        for delivery, result in zip(valid, results, strict=True):
+            if isinstance(result, Exception):
+                await self._failed(slot, delivery, result)
+                continue
+            if result:
+                self.handled += 1
+            else:
+                self.duplicates += 1
+            await delivery.ack()  # only now: the inbox transaction has committed
+
+    async def _failed(self, slot: Slot, delivery: Delivery, exc: Exception) -> None:
+        message = delivery.message
+        assert message is not None
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, NoHandler) or delivery.attempt >= self.settings.max_attempts:
+            await slot.bury(message, delivery.attempt, error)
+            self.dead_lettered += 1
+            log.error("message %s dead-lettered: %s", message.message_id, error)
+            await delivery.ack()
+            return
+        delay = message_backoff(
+            delivery.attempt, self.settings.backoff_base, self.settings.backoff_max
+        )
+        log.warning(
+            "message %s failed (attempt %d): %s", message.message_id, delivery.attempt, error
+        )
+        await delivery.nak(delay)
 
     async def _store(self, slot: Slot, deliveries: list[Delivery]) -> None:
         messages = [d.message for d in deliveries if d.message is not None]

@@ -20,6 +20,10 @@ from inbox.stored import BatchResult, process_batch_async, process_batch_sync
 from outbox.db import aconnect, connect
 from outbox.message import Message
 
+# Errors that mean the connection (not the message) failed: the batch is abandoned.
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+Result = bool | Exception
+
 
 class Slot:
     """One worker's connections; `reset()` after a connection error reconnects lazily."""
@@ -31,18 +35,41 @@ class Slot:
         self._aconn: psycopg.AsyncConnection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
 
-    async def handle(self, message: Message) -> bool:
-        """Dedup and handle `message` in one committed transaction; False for a duplicate."""
+    async def handle_many(self, messages: list[Message]) -> list[Result]:
+        """Dedup and handle each message under its own savepoint, all in one committed
+        transaction. Per message: True (handled), False (a duplicate) or the handler's
+        exception (its savepoint rolled back: nothing of it remains). A lost connection
+        aborts the whole batch: nothing is committed and the exception propagates."""
         if self._async_handlers:
             aconn = await self._async()
             async with aconn.transaction():
-                return await self.inbox.ahandle(aconn, message)
+                return [await self._one_async(aconn, message) for message in messages]
         conn = await self._sync()
-        return await asyncio.to_thread(self._handle_sync, conn, message)
+        return await asyncio.to_thread(self._handle_many_sync, conn, messages)
 
-    def _handle_sync(self, conn: psycopg.Connection[Any], message: Message) -> bool:
+    async def _one_async(self, aconn: psycopg.AsyncConnection[Any], message: Message) -> Result:
+        try:
+            async with aconn.transaction():
+                return await self.inbox.ahandle(aconn, message)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the handler's failure, reported per message
+            return exc
+
+    def _handle_many_sync(
+        self, conn: psycopg.Connection[Any], messages: list[Message]
+    ) -> list[Result]:
         with conn.transaction():
-            return self.inbox.handle(conn, message)
+            return [self._one_sync(conn, message) for message in messages]
+
+    def _one_sync(self, conn: psycopg.Connection[Any], message: Message) -> Result:
+        try:
+            with conn.transaction():
+                return self.inbox.handle(conn, message)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the handler's failure, reported per message
+            return exc
 
     async def process_stored(self) -> BatchResult:
         """Claim and handle one batch of stored messages (durable mode)."""
