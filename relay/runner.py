@@ -58,6 +58,7 @@ class Relay:
         self._outages = 0
         self.last_outage: str | None = None
         self.last_tick = 0.0
+        self._next_tick = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -96,14 +97,10 @@ class Relay:
 
     async def _loop(self) -> None:
         conn = self._require_conn()
-        next_tick = next_gauges = 0.0
+        self._next_tick = next_gauges = 0.0
         while not self._stopping.is_set():
+            await self._tick_if_due(conn)
             now = time.monotonic()
-            if now >= next_tick:
-                await self.ownership.tick(conn)
-                self.last_tick = now
-                self.metrics.set_owned_partitions(len(self.ownership.owned))
-                next_tick = now + self.settings.heartbeat_interval
             if now >= next_gauges:
                 await self._refresh_gauges(conn)
                 next_gauges = now + GAUGE_INTERVAL
@@ -112,8 +109,24 @@ class Relay:
                 await self._pause(message_backoff(self._outages, 0.2, 5.0))
             elif not busy:
                 await self.wakeup.wait(
-                    min(self.settings.poll_interval, max(next_tick - time.monotonic(), 0.0))
+                    min(self.settings.poll_interval, max(self._next_tick - time.monotonic(), 0.0))
                 )
+
+    async def _tick_if_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Heartbeat and rebalance partitions if the heartbeat interval has passed.
+
+        Also called between the partitions of a sweep: a sweep over a big backlog can take
+        longer than the relay TTL, and a relay that only heartbeats between sweeps is pruned
+        by its peers while alive, reports its database down, and keeps relays that join
+        waiting for their partitions until it has drained its whole share.
+        """
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        await self.ownership.tick(conn)
+        self.last_tick = now
+        self.metrics.set_owned_partitions(len(self.ownership.owned))
+        self._next_tick = now + self.settings.heartbeat_interval
 
     async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """One cycle per owned partition, notified ones first; True if a batch came back full."""
@@ -123,6 +136,9 @@ class Relay:
         for partition in order:
             if self._stopping.is_set():
                 break
+            await self._tick_if_due(conn)
+            if partition not in self.ownership.owned:
+                continue  # handed to another relay by that tick: no longer ours to publish
             result = await self.cycle.run(conn, partition)
             if result.outage:
                 self._outages += 1
