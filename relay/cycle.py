@@ -55,8 +55,8 @@ class _Decisions:
 
 def to_claimed(row: Sequence[Any]) -> Claimed:
     """A claim query row (id, message_id, topic, key, payload, content_type, headers,
-    created_at, attempts) as a `Claimed`."""
-    row_id, message_id, topic, key, payload, content_type, headers, created_at, attempts = row
+    created_at, attempts, partition) as a `Claimed`."""
+    row_id, message_id, topic, key, payload, content_type, headers, created_at, attempts, _ = row
     message = Message(
         message_id=message_id,
         topic=topic,
@@ -106,16 +106,16 @@ class Cycle:
         self.crash = crash_points
         self._at_most_once = settings.semantics.at_most_once_like_patterns()
 
-    async def run(self, conn: psycopg.AsyncConnection[Any], partition: int) -> CycleResult:
-        """Claim and publish up to one batch of `partition`."""
+    async def run(self, conn: psycopg.AsyncConnection[Any], partitions: list[int]) -> CycleResult:
+        """Claim and publish up to one batch from `partitions` (the ones this relay owns)."""
         result = CycleResult()
         if self._at_most_once:
-            await self._run_at_most_once(conn, partition, result)
+            await self._run_at_most_once(conn, partitions, result)
         async with conn.transaction():
             cursor = await conn.execute(
                 self.queries["claim"],
                 {
-                    "partition": partition,
+                    "partitions": partitions,
                     "limit": self.settings.batch_size,
                     "at_most_once": self._at_most_once,
                 },
@@ -127,7 +127,7 @@ class Cycle:
             self.crash.reached("after_claim")
             decisions = await self._publish(claimed)
             self.crash.reached("after_publish")
-            await self._settle(conn, partition, decisions)
+            await self._settle(conn, decisions)
             self.crash.reached("before_commit")
         self.crash.reached("after_commit")
         self._count(decisions)
@@ -136,13 +136,13 @@ class Cycle:
         return result
 
     async def _run_at_most_once(
-        self, conn: psycopg.AsyncConnection[Any], partition: int, result: CycleResult
+        self, conn: psycopg.AsyncConnection[Any], partitions: list[int], result: CycleResult
     ) -> None:
         async with conn.transaction():
             cursor = await conn.execute(
                 self.queries["claim_at_most_once"],
                 {
-                    "partition": partition,
+                    "partitions": partitions,
                     "limit": self.settings.batch_size,
                     "at_most_once": self._at_most_once,
                 },
@@ -211,15 +211,12 @@ class Cycle:
                 break  # settle what was acked; leave the rest untouched
         return decisions
 
-    async def _settle(
-        self, conn: psycopg.AsyncConnection[Any], partition: int, decisions: _Decisions
-    ) -> None:
+    async def _settle(self, conn: psycopg.AsyncConnection[Any], decisions: _Decisions) -> None:
         blocked_keys = {c.message.key for c, _ in (*decisions.retry, *decisions.dead)}
         base, cap = self.settings.backoff_base, self.settings.backoff_max
         await conn.execute(
             self.queries["settle"],
             {
-                "partition": partition,
                 "acked_ids": [c.id for c in decisions.acked],
                 "unblock_ids": [
                     c.id

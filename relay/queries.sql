@@ -5,13 +5,13 @@
 SELECT partitions FROM {outbox_settings}
 
 -- name: claim
--- The next messages of one partition in write order. A keyed message waits while its key is
--- blocked by an earlier message that is backing off or dead-lettered (unless it is that head).
--- Topics delivered at most once are claimed separately (claim_at_most_once).
+-- The next messages of the partitions this relay owns, in write order. A keyed message waits
+-- while its key is blocked by an earlier message that is backing off or dead-lettered (unless
+-- it is that head). Topics delivered at most once are claimed separately.
 SELECT m.id, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers,
-       m.created_at, m.attempts
+       m.created_at, m.attempts, m.partition
 FROM {outbox_messages} AS m
-WHERE m.partition = %(partition)s
+WHERE m.partition = ANY (%(partitions)s::smallint[])
   AND m.available_at <= now()
   AND NOT (m.topic LIKE ANY (%(at_most_once)s::text[]))
   AND (m.key IS NULL OR NOT EXISTS (
@@ -26,14 +26,14 @@ FOR UPDATE OF m SKIP LOCKED
 DELETE FROM {outbox_messages} AS m
 WHERE m.id IN (
     SELECT id FROM {outbox_messages}
-    WHERE partition = %(partition)s
+    WHERE partition = ANY (%(partitions)s::smallint[])
       AND available_at <= now()
       AND topic LIKE ANY (%(at_most_once)s::text[])
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
 RETURNING m.id, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers,
-          m.created_at, m.attempts
+          m.created_at, m.attempts, m.partition
 
 -- name: settle
 -- Everything a publish round decided, in one statement: delete what the broker acked and
@@ -43,8 +43,7 @@ WITH acked AS (
     DELETE FROM {outbox_messages} WHERE id = ANY (%(acked_ids)s::bigint[])
 ),
 unblocked AS (
-    DELETE FROM {outbox_key_blocks}
-    WHERE partition = %(partition)s AND head_id = ANY (%(unblock_ids)s::bigint[])
+    DELETE FROM {outbox_key_blocks} WHERE head_id = ANY (%(unblock_ids)s::bigint[])
 ),
 retried AS (
     UPDATE {outbox_messages} AS m
@@ -54,7 +53,7 @@ retried AS (
     FROM unnest(%(retry_ids)s::bigint[], %(retry_errors)s::text[], %(retry_delays)s::float8[])
          AS r(id, error, delay)
     WHERE m.id = r.id
-    RETURNING m.id, m.key
+    RETURNING m.id, m.key, m.partition
 ),
 dead AS (
     DELETE FROM {outbox_messages} AS m
@@ -72,9 +71,9 @@ buried AS (
 ),
 blocked AS (
     INSERT INTO {outbox_key_blocks} (partition, key, head_id, reason)
-    SELECT %(partition)s, key, id, 'backoff' FROM retried WHERE key IS NOT NULL
+    SELECT partition, key, id, 'backoff' FROM retried WHERE key IS NOT NULL
     UNION ALL
-    SELECT %(partition)s, key, id, 'dead_letter' FROM dead WHERE key IS NOT NULL
+    SELECT partition, key, id, 'dead_letter' FROM dead WHERE key IS NOT NULL
     ON CONFLICT (partition, key)
     DO UPDATE SET head_id = excluded.head_id, reason = excluded.reason, blocked_at = now()
 )

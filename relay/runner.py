@@ -129,28 +129,22 @@ class Relay:
         self._next_tick = now + self.settings.heartbeat_interval
 
     async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> bool:
-        """One cycle per owned partition, notified ones first; True if a batch came back full."""
-        hot = self.wakeup.take_hot() & self.ownership.owned
-        order = sorted(hot) + sorted(self.ownership.owned - hot)
-        busy = False
-        for partition in order:
-            if self._stopping.is_set():
-                break
-            await self._tick_if_due(conn)
-            if partition not in self.ownership.owned:
-                continue  # handed to another relay by that tick: no longer ours to publish
-            result = await self.cycle.run(conn, partition)
-            if result.outage:
-                self._outages += 1
-                if self.last_outage is None:
-                    log.warning("broker unavailable: %s; pausing", result.outage)
-                self.last_outage = result.outage
-                return busy
-            if self._outages:
-                log.info("broker reachable again")
-            self._outages, self.last_outage = 0, None
-            busy = busy or result.claimed >= self.settings.batch_size
-        return busy
+        """One claim cycle over every owned partition; True if the batch came back full."""
+        await self._tick_if_due(conn)
+        owned = sorted(self.ownership.owned)
+        if not owned or self._stopping.is_set():
+            return False
+        result = await self.cycle.run(conn, owned)
+        if result.outage:
+            self._outages += 1
+            if self.last_outage is None:
+                log.warning("broker unavailable: %s; pausing", result.outage)
+            self.last_outage = result.outage
+            return False
+        if self._outages:
+            log.info("broker reachable again")
+        self._outages, self.last_outage = 0, None
+        return result.claimed >= self.settings.batch_size
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

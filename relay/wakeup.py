@@ -1,8 +1,8 @@
 """Wake the relay when a message is written: LISTEN on the schema's channel.
 
-NOTIFY is only a hint. The payload names the partitions written to, so those are claimed
-first; a lost notification costs at most one poll interval. The listener has its own
-connection and reconnects by itself.
+NOTIFY is only a hint (its payload names the partitions written to, for anyone listening);
+a lost notification costs at most one poll interval. The listener has its own connection and
+reconnects by itself.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ log = logging.getLogger("outboxkit.relay")
 
 
 class Wakeup:
-    """`wait(timeout)` returns early when a notification arrives; `hot` names partitions."""
+    """`wait(seconds)` returns early when a notification arrives."""
 
     def __init__(self, dsn: str, channel: str) -> None:
         self.dsn = dsn
         self.channel = channel
-        self.hot: set[int] = set()
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.listening = False
@@ -52,11 +51,6 @@ class Wakeup:
             await asyncio.wait_for(self._event.wait(), seconds)
         self._event.clear()
 
-    def take_hot(self) -> set[int]:
-        """Partitions notified since the last call."""
-        hot, self.hot = self.hot, set()
-        return hot
-
     async def _listen_forever(self) -> None:
         failures = 0
         while True:
@@ -68,16 +62,10 @@ class Wakeup:
                     self.listening = True
                     failures = 0
                     self._event.set()  # we may have missed some while disconnected
-                    async for notify in conn.notifies():
-                        self._note(notify.payload)
+                    async for _notify in conn.notifies():
+                        self._event.set()
             except psycopg.Error as exc:
                 self.listening = False
                 failures += 1
                 log.warning("listener connection lost (%s); polling meanwhile", type(exc).__name__)
                 await asyncio.sleep(message_backoff(failures, 0.2, 5.0))
-
-    def _note(self, payload: str) -> None:
-        for part in payload.split(","):
-            if part.isdigit():
-                self.hot.add(int(part))
-        self._event.set()

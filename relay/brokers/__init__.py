@@ -29,7 +29,10 @@ SCHEMES: dict[str, str] = {
 }
 # The pip extra each scheme's client comes with.
 EXTRAS: dict[str, str] = {
-    "amqp": "rabbitmq", "amqps": "rabbitmq", "rediss": "redis", "https": "http",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "rediss": "redis",
+    "https": "http",
 }
 
 
