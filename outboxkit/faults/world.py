@@ -1,0 +1,368 @@
+"""A world of real processes for a fault scenario.
+
+One PostgreSQL server with a producer database (`service`: business ledger + outbox) and a
+consumer database (`consumer`: inbox + effects), one NATS JetStream server, and any number
+of `outboxkit relay` and `outboxkit consume` processes. Producers write through the real
+write API in real transactions. Optional fault proxies sit between the relays and the broker
+or the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+from nats.js.api import StreamConfig
+
+import migrations
+import outbox
+from outboxkit.devservers import NatsServer, PostgresServer
+from outboxkit.faults.app import EFFECTS_TABLE
+from outboxkit.faults.proxy import FaultProxy
+
+STREAM = "FAULTS"
+PREFIX = "outboxkit."
+LEDGER_TABLE = """
+CREATE TABLE IF NOT EXISTS ledger (
+    message_id uuid PRIMARY KEY,
+    key        text NOT NULL,
+    seq        integer NOT NULL
+)
+"""
+
+
+@dataclass
+class Process:
+    """An outboxkit child process, with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            self.popen.send_signal(signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(30)
+
+    def stop(self, within: float = 30) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(within)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class World:
+    """Servers, databases and processes of one scenario; `async with World() as w:`."""
+
+    batch_size: int = 50
+    keys: int = 20
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="outboxkit-faults-")))
+    postgres: PostgresServer | None = None
+    nats: NatsServer | None = None
+    broker_proxy: FaultProxy | None = None
+    db_proxy: FaultProxy | None = None
+    processes: list[Process] = field(default_factory=list)
+    seq: dict[str, int] = field(default_factory=dict)
+    faults: int = 0
+
+    async def __aenter__(self) -> World:
+        try:
+            return await self._boot()
+        except BaseException:
+            await self.__aexit__()
+            raise
+
+    async def _boot(self) -> World:
+        self.base.chmod(0o755)
+        self.postgres = PostgresServer(base_dir=self.base / "postgres")
+        self.nats = NatsServer(store_dir=self.base / "nats")
+        await asyncio.to_thread(self.postgres.start)
+        await asyncio.to_thread(self.nats.start)
+        await asyncio.to_thread(self._prepare_databases)
+        await self._create_stream()
+        self.broker_proxy = await FaultProxy(self.nats.port).start()
+        self.db_proxy = await FaultProxy(self.postgres.port).start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for process in self.processes:
+            if process.alive:
+                process.kill()
+            process.popen.wait()
+        for proxy in (self.broker_proxy, self.db_proxy):
+            if proxy is not None:
+                await proxy.close()
+        if self.nats is not None:
+            self.nats.cleanup()
+        if self.postgres is not None:
+            await asyncio.to_thread(self.postgres.cleanup)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def service_dsn(self) -> str:
+        assert self.postgres is not None
+        return self.postgres.dsn("service")
+
+    @property
+    def consumer_dsn(self) -> str:
+        assert self.postgres is not None
+        return self.postgres.dsn("consumer")
+
+    def relay_dsn(self, via_proxy: bool = False) -> str:
+        if not via_proxy:
+            return self.service_dsn
+        assert self.db_proxy is not None and self.postgres is not None
+        return f"postgresql://{self.postgres.user}@127.0.0.1:{self.db_proxy.port}/service"
+
+    def broker_url(self, via_proxy: bool = False, **options: str) -> str:
+        assert self.nats is not None and self.broker_proxy is not None
+        port = self.broker_proxy.port if via_proxy else self.nats.port
+        query = {"stream": STREAM, "subject_prefix": PREFIX, "ack_wait": "2", "timeout": "2"}
+        query |= options
+        return f"nats://127.0.0.1:{port}?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+    # -- processes -------------------------------------------------------------------------
+
+    def start_relay(
+        self,
+        name: str = "relay",
+        *,
+        crash_at: str | None = None,
+        via_broker_proxy: bool = False,
+        via_db_proxy: bool = False,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> Process:
+        """Start `outboxkit relay` (optionally under a wrapper command, e.g. faketime)."""
+        args = (
+            "relay",
+            "--dsn",
+            self.relay_dsn(via_db_proxy),
+            "--broker",
+            self.broker_url(via_broker_proxy),
+            "--batch-size",
+            str(self.batch_size),
+            "--poll-interval",
+            "0.2",
+            "--relay-id",
+            f"{name}-{uuid.uuid4().hex[:4]}",
+            *extra,
+        )
+        return self._start(name, args, crash_at, env, prefix)
+
+    def start_consumer(
+        self,
+        name: str = "consumer",
+        *,
+        crash_at: str | None = None,
+        mode: str = "idempotent",
+        extra: tuple[str, ...] = (),
+    ) -> Process:
+        """Start `outboxkit consume` with the effects-recording app."""
+        args = (
+            "consume",
+            "--app",
+            "outboxkit.faults.app:ib",
+            "--dsn",
+            self.consumer_dsn,
+            "--broker",
+            self.broker_url(),
+            "--mode",
+            mode,
+            "--max-attempts",
+            "3",
+            "--prune-interval",
+            "0",
+            *extra,
+        )
+        return self._start(name, args, crash_at, None, ())
+
+    def _start(
+        self,
+        name: str,
+        args: tuple[str, ...],
+        crash_at: str | None,
+        env: dict[str, str] | None,
+        prefix: tuple[str, ...],
+    ) -> Process:
+        log = self.base / f"{name}-{len(self.processes)}.log"
+        environment = dict(os.environ) | (env or {})
+        environment.pop("OUTBOXKIT_TEST_CRASH_AT", None)
+        if crash_at:
+            environment["OUTBOXKIT_TEST_CRASH_AT"] = crash_at
+        with log.open("wb") as sink:
+            popen = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "outboxkit.cli", *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    # -- producing -------------------------------------------------------------------------
+
+    def produce(
+        self,
+        count: int,
+        *,
+        tx_size: int = 5,
+        rollback_every: int = 0,
+        savepoint_rollback_every: int = 0,
+        topic: str = "faults.event",
+        payload: dict[str, Any] | None = None,
+    ) -> int:
+        """Write `count` committed messages (plus rolled-back ones); returns committed count."""
+        committed = 0
+        transaction = 0
+        with psycopg.connect(self.service_dsn) as conn:
+            while committed < count:
+                transaction += 1
+                size = min(tx_size, count - committed)
+                rollback = bool(rollback_every) and transaction % rollback_every == 0
+                written = self._write_transaction(
+                    conn,
+                    size,
+                    topic,
+                    payload,
+                    rollback,
+                    savepoint=bool(savepoint_rollback_every)
+                    and transaction % savepoint_rollback_every == 0,
+                )
+                committed += written
+        return committed
+
+    def _write_transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        size: int,
+        topic: str,
+        payload: dict[str, Any] | None,
+        rollback: bool,
+        savepoint: bool,
+    ) -> int:
+        seq_before = dict(self.seq)
+        with contextlib.suppress(psycopg.Rollback), conn.transaction():
+            for _ in range(size):
+                self._write_one(conn, topic, payload)
+            if savepoint:
+                with contextlib.suppress(psycopg.Rollback), conn.transaction():
+                    # a nested part of the business transaction that is rolled back
+                    self._write_one(conn, topic, payload, ledger=False)
+                    raise psycopg.Rollback()
+            if rollback:
+                raise psycopg.Rollback()
+        if rollback:
+            self.seq = seq_before
+            return 0
+        return size
+
+    def _write_one(
+        self,
+        conn: psycopg.Connection[Any],
+        topic: str,
+        payload: dict[str, Any] | None,
+        ledger: bool = True,
+    ) -> None:
+        key = f"k{random.randrange(self.keys)}"
+        seq = self.seq.get(key, 0) + 1
+        body = {"seq": seq, **(payload or {})}
+        message = outbox.write(conn, topic, body, key=key)
+        if ledger:
+            self.seq[key] = seq
+            conn.execute(
+                "INSERT INTO ledger (message_id, key, seq) VALUES (%s, %s, %s)",
+                (message.message_id, key, seq),
+            )
+
+    # -- observing -------------------------------------------------------------------------
+
+    def scalar(self, dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(query, params).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+    def pending(self) -> int:
+        return self.scalar(self.service_dsn, "SELECT count(*) FROM outboxkit.outbox_messages")
+
+    def committed(self) -> int:
+        return self.scalar(self.service_dsn, "SELECT count(*) FROM ledger")
+
+    def processed(self) -> int:
+        return self.scalar(self.consumer_dsn, "SELECT count(DISTINCT message_id) FROM effects")
+
+    async def wait_drained(self, within: float = 120.0, *, expected: int | None = None) -> float:
+        """Wait until the outbox is empty and every committed message was handled.
+
+        Returns the seconds it took; raises `TimeoutError` if it did not happen in time.
+        """
+        started = time.monotonic()
+        target = expected if expected is not None else self.committed()
+        while time.monotonic() - started < within:
+            if await asyncio.to_thread(self.pending) == 0 and (
+                await asyncio.to_thread(self.processed) >= target
+            ):
+                return time.monotonic() - started
+            await asyncio.sleep(0.1)
+        raise TimeoutError(
+            f"not drained in {within} s: pending {self.pending()}, processed "
+            f"{self.processed()} of {target}"
+        )
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _prepare_databases(self) -> None:
+        assert self.postgres is not None
+        with psycopg.connect(self.postgres.dsn(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE service")
+            admin.execute("CREATE DATABASE consumer")
+        for dsn in (self.service_dsn, self.consumer_dsn):
+            migrations.apply(dsn)
+        with psycopg.connect(self.service_dsn) as conn:
+            conn.execute(LEDGER_TABLE)
+        with psycopg.connect(self.consumer_dsn) as conn:
+            conn.execute(EFFECTS_TABLE)
+
+    async def _create_stream(self) -> None:
+        """The stream, with a tiny duplicate window so that republished duplicates stay
+        visible to the checker (the inbox, not the broker, must absorb them)."""
+        assert self.nats is not None
+        client = await nats.connect(self.nats.url)
+        try:
+            await client.jetstream().add_stream(
+                StreamConfig(name=STREAM, subjects=[PREFIX + ">"], duplicate_window=0.1)
+            )
+        finally:
+            await client.close()
