@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from outbox.envelope import RESERVED
+from outbox.envelope import RESERVED, RESERVED_PREFIX
 from outbox.errors import (
     InvalidHeaders,
     InvalidMessage,
@@ -83,11 +83,12 @@ def _check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
             raise InvalidHeaders(f"header {name!r}: names and values must be str")
         if not name or "\x00" in name or "\x00" in value:
             raise InvalidHeaders(f"header {name!r}: empty name or NUL character")
-        if name.lower() in RESERVED:
-            # The envelope would overwrite or drop it between producer and consumer.
+        if name.lower() in RESERVED or name.lower().startswith(RESERVED_PREFIX):
+            # The envelope (or a broker's field layout) would overwrite or drop it.
             raise InvalidHeaders(
-                f"header {name!r} is reserved for the message envelope; use the message's "
-                "own fields (content_type=, key=) instead"
+                f"header {name!r} is reserved for the message envelope (names starting with "
+                f"{RESERVED_PREFIX!r} are outboxkit's); use the message's own fields "
+                "(content_type=, key=) instead"
             )
     return dict(headers)
 

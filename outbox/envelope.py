@@ -15,6 +15,8 @@ KEY = "outboxkit-key"
 CONTENT_TYPE = "content-type"
 CREATED_AT = "outboxkit-created-at"
 RESERVED = frozenset({MESSAGE_ID, TOPIC, KEY, CONTENT_TYPE, CREATED_AT})
+# User headers may not start with this: brokers' field layouts use it too.
+RESERVED_PREFIX = "outboxkit-"
 
 
 def to_headers(message: Message) -> dict[str, str]:

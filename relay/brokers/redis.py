@@ -29,10 +29,11 @@ Entry layout (see `outbox.redis_url`): one field per envelope header plus the pa
 `outboxkit-payload`. A batch is one pipeline (no MULTI): all XADDs are written at once and
 their replies read in order; each reply is the ack of its message.
 
-Durability: Redis replies after it has executed the XADD and, with `appendonly yes`, after
-it has written the AOF buffer to the file (before the reply). A crash of the Redis process
-then loses nothing acked; a crash of the machine loses what was not fsynced yet: up to one
-second with `appendfsync everysec` (Redis' default), nothing with `appendfsync always`.
+Durability: Redis replies after it has executed the XADD and, with `appendonly yes`,
+normally after it has written the AOF buffer to the file. With `appendfsync always` the
+reply waits for the fsync too: nothing acked is lost. With `appendfsync everysec` (Redis'
+default) a crash of the Redis process normally loses nothing acked, a crash of the machine
+up to about a second (two when a slow disk makes Redis postpone its AOF writes).
 Without AOF an ack means "in memory" only: the publisher logs a warning at connect when
 INFO says the AOF is off. A failover to a replica can lose acked entries unless
 `replicas=N` is set. Redis Cluster is not supported (one node or a primary/replica set).
@@ -49,6 +50,7 @@ after a lost reply is stored twice, and the inbox drops the second copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -138,19 +140,27 @@ class RedisPublisher:
         self._client = client
 
     async def _check(self, client: redis.asyncio.Redis) -> None:
+        """Warn about a server without AOF; refuse a single stream key of another type.
+
+        Both checks are skipped where the server refuses them (ACLs, renamed commands):
+        the XADDs then say what is wrong.
+        """
         o = self.options
-        info = await client.info("persistence")
-        if str(info.get("aof_enabled", "1")) != "1":
-            _log.warning(
-                "Redis at %s runs without appendonly: an acked message lives in memory only "
-                "and a restart loses it", o.display
-            )
-        if not o.per_topic:
-            kind = _text(await client.type(o.stream))
-            if kind not in ("none", "stream"):
-                raise ConfigurationError(
-                    f"key {o.stream!r} at {o.display} is a {kind}, not a stream"
+        with contextlib.suppress(rex.ResponseError):
+            info: Mapping[str, Any] = await client.info("persistence")
+            if str(info.get("aof_enabled", "1")) != "1":
+                _log.warning(
+                    "Redis at %s runs without appendonly: an acked message lives in memory "
+                    "only and a restart loses it",
+                    o.display,
                 )
+        if not o.per_topic:
+            with contextlib.suppress(rex.ResponseError):
+                kind = _text(await client.type(o.stream))
+                if kind not in ("none", "stream"):
+                    raise ConfigurationError(
+                        f"key {o.stream!r} at {o.display} is a {kind}, not a stream"
+                    )
 
     async def publish(self, batch: Sequence[Message]) -> list[Outcome]:
         """XADD the batch in one pipeline; one outcome per message from its reply."""
@@ -215,7 +225,7 @@ class RedisPublisher:
             return Outcome.ok()
         if not isinstance(reply, rex.ResponseError):
             return Outcome.retry(f"unexpected XADD reply {type(reply).__name__}")
-        error = f"Redis refused the XADD: {self._scrub(reply)}"
+        error = f"Redis refused the XADD ({type(reply).__name__}): {self._scrub(reply)}"
         text = str(reply)
         if isinstance(reply, _SERVER_STATE) or text.startswith(_SERVER_STATE_CODES):
             return Outcome.unreachable(error)
