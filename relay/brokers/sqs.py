@@ -125,14 +125,14 @@ class SqsPublisher:
             await stack.aclose()
             raise ConfigurationError(f"SQS client for {o.display}: {o.scrub(exc)}") from None
         try:
-            async with asyncio.timeout(o.timeout + o.connect_timeout):
-                if o.queue_prefix is None:
+            # Per-topic queues are looked up when first used; nothing to check before (a
+            # ListQueues would need a permission the relay has no other use for).
+            if o.queue_prefix is None:
+                async with asyncio.timeout(2 * self._deadline()):
                     if await sqs_url.ensure_queue(client, o.queue, o) is None:
                         raise ConfigurationError(
                             f"SQS queue {o.queue} does not exist at {o.display} and create=false"
                         )
-                else:  # per-topic queues are looked up when first used: check we get in
-                    await client.list_queues(QueueNamePrefix=o.queue_prefix, MaxResults=1)
         except (ConfigurationError, BrokerUnavailable):
             await stack.aclose()
             raise
@@ -208,7 +208,7 @@ class SqsPublisher:
     async def _queue_url(self, name: str) -> str | None:
         url = self._urls.get(name)
         if url is None:
-            async with asyncio.timeout(self.options.timeout + self.options.connect_timeout):
+            async with asyncio.timeout(2 * self._deadline()):  # one to three calls
                 url = await sqs_url.ensure_queue(self._client, name, self.options)
             if url is not None and len(self._urls) < _MAX_ROUTES:
                 self._urls[name] = url
@@ -275,7 +275,6 @@ class SqsPublisher:
             if kind == "transient":
                 return Outcome.retry(error)
             if kind in ("denied", "missing"):
-                _log.warning("%s", error)
                 return Outcome.unreachable(error)
             return Outcome.reject(error)
         if isinstance(exc, botocore.exceptions.ParamValidationError):
