@@ -49,7 +49,11 @@ class Relay:
         self.ownership = PartitionOwnership(
             self.queries, settings.relay_id, settings.schema, settings.relay_ttl
         )
-        self.wakeup = Wakeup(settings.dsn, notify_channel(settings.schema))
+        self.wakeup = Wakeup(
+            settings.dsn,
+            notify_channel(settings.schema),
+            application_name=f"outboxkit-listen {settings.relay_id}"[:63],
+        )
         self.cycle = Cycle(
             settings, self.queries, self.publisher, self.metrics, CrashPoints(settings.crash_at)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -22,9 +23,11 @@ log = logging.getLogger("outboxkit.relay")
 class Wakeup:
     """`wait(seconds)` returns early when a notification arrives."""
 
-    def __init__(self, dsn: str, channel: str) -> None:
+    def __init__(self, dsn: str, channel: str, application_name: str | None = None) -> None:
         self.dsn = dsn
         self.channel = channel
+        # Names the LISTEN connection in pg_stat_activity (default: libpq's, usually empty).
+        self.application_name = application_name
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.listening = False
@@ -51,12 +54,15 @@ class Wakeup:
             await asyncio.wait_for(self._event.wait(), seconds)
         self._event.clear()
 
+    def _named(self) -> dict[str, Any]:
+        return {"application_name": self.application_name} if self.application_name else {}
+
     async def _listen_forever(self) -> None:
         failures = 0
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=10
+                    self.dsn, autocommit=True, connect_timeout=10, **self._named()
                 ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self.listening = True

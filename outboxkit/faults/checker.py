@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,22 +42,37 @@ class Verdict:
 
 
 async def check(
-    world: World, *, ordered: bool = True, max_duplicates: int | None = None
+    world: World,
+    *,
+    ordered: bool = True,
+    max_duplicates: int | None = None,
+    expected_dead: Collection[str] = (),
+    foreign: Collection[str] = (),
 ) -> Verdict:
-    """Check every invariant; `problems` lists what does not hold."""
+    """Check every invariant; `problems` lists what does not hold.
+
+    `expected_dead`: ids of committed messages the scenario made undeliverable on purpose
+    (poison, oversize): they must be dead-lettered, so they count as neither lost nor handled,
+    and handling one is a problem. `foreign`: message-id header values of messages the
+    scenario put into the stream itself, bypassing the outbox (raw or malformed ones; `""`
+    for none): not phantoms.
+    """
     verdict = Verdict()
     ledger = _rows(world.service_dsn, "SELECT message_id::text, key, seq FROM ledger")
     effects = _rows(world.consumer_dsn, "SELECT message_id::text FROM effects ORDER BY id")
     committed = {row[0]: (row[1], row[2]) for row in ledger}
     handled = Counter(row[0] for row in effects)
+    dead = set(expected_dead)
     verdict.committed, verdict.processed = len(committed), len(handled)
-    verdict.lost = len(committed.keys() - handled.keys())
+    verdict.lost = len(committed.keys() - handled.keys() - dead)
+    if dead & handled.keys():
+        verdict.problems.append(f"dead-lettered messages handled: {len(dead & handled.keys())}")
     verdict.double_processed = sum(1 for count in handled.values() if count > 1)
     verdict.phantoms = len(handled.keys() - committed.keys())
     stream = await read_stream(world)
     verdict.in_broker = len(stream)
     verdict.duplicates_delivered = len(stream) - len({message_id for message_id, _ in stream})
-    stream_phantoms = {message_id for message_id, _ in stream} - committed.keys()
+    stream_phantoms = {message_id for message_id, _ in stream} - committed.keys() - set(foreign)
     if ordered:
         verdict.order_violations = _order_violations(stream, committed)
     for name, value in (

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import random
 import shutil
@@ -20,21 +22,25 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import psycopg
 from nats.js.api import StreamConfig
 
 import migrations
 import outbox
+from outbox.envelope import MESSAGE_ID
 from outboxkit.devservers import NatsServer, PostgresServer
 from outboxkit.faults.app import EFFECTS_TABLE
 from outboxkit.faults.proxy import FaultProxy
 
 STREAM = "FAULTS"
+MSG_ID = "Nats-Msg-Id"
 PREFIX = "outboxkit."
 LEDGER_TABLE = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -76,6 +82,17 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Production:
+    """What `World.produce_through_outages` did: messages committed, and the message ids of
+    the transactions that failed before their COMMIT (rolled back: they must never appear)
+    or during it (`in_doubt`: committed or not, all or nothing)."""
+
+    committed: int = 0
+    failed: list[list[uuid.UUID]] = field(default_factory=list)
+    in_doubt: list[list[uuid.UUID]] = field(default_factory=list)
 
 
 @dataclass
@@ -163,14 +180,17 @@ class World:
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
+        dsn: str | None = None,
+        broker: str | None = None,
     ) -> Process:
-        """Start `outboxkit relay` (optionally under a wrapper command, e.g. faketime)."""
+        """Start `outboxkit relay` (optionally under a wrapper command, e.g. faketime, and
+        with its own `dsn` / `broker` URL instead of the world's, e.g. other proxies)."""
         args = (
             "relay",
             "--dsn",
-            self.relay_dsn(via_db_proxy),
+            dsn or self.relay_dsn(via_db_proxy),
             "--broker",
-            self.broker_url(via_broker_proxy),
+            broker or self.broker_url(via_broker_proxy),
             "--batch-size",
             str(self.batch_size),
             "--poll-interval",
@@ -307,6 +327,76 @@ class World:
                 (message.message_id, key, seq),
             )
 
+    def produce_through_outages(
+        self,
+        count: int,
+        *,
+        tx_size: int = 5,
+        pause: float = 0.0,
+        within: float = 120.0,
+    ) -> Production:
+        """Write `count` committed messages like a service that survives database outages:
+        a transaction that fails on a lost connection is recorded and written afresh (new
+        messages) once the database is back. `pause` seconds between transactions spread the
+        writing over time. Raises `TimeoutError` if `count` is not reached `within` seconds.
+        """
+        production = Production()
+        deadline = time.monotonic() + within
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while production.committed < count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"committed {production.committed} of {count} in {within} s")
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.service_dsn, connect_timeout=5)
+                        self._resync_seq(conn)
+                    size = min(tx_size, count - production.committed)
+                    production.committed += self._write_recorded(conn, size, production)
+                except psycopg.OperationalError:
+                    if conn is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.close()
+                    conn = None
+                    time.sleep(0.2)
+                    continue
+                if pause:
+                    time.sleep(pause)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+        return production
+
+    def _write_recorded(
+        self, conn: psycopg.Connection[Any], size: int, production: Production
+    ) -> int:
+        written: list[uuid.UUID] = []
+        committing = False
+        try:
+            with conn.transaction():
+                for _ in range(size):
+                    key = f"k{random.randrange(self.keys)}"
+                    seq = self.seq.get(key, 0) + 1
+                    message = outbox.write(conn, "faults.event", {"seq": seq}, key=key)
+                    written.append(message.message_id)
+                    conn.execute(
+                        "INSERT INTO ledger (message_id, key, seq) VALUES (%s, %s, %s)",
+                        (message.message_id, key, seq),
+                    )
+                    self.seq[key] = seq
+                committing = True
+        except psycopg.OperationalError:
+            (production.in_doubt if committing else production.failed).append(written)
+            raise
+        return size
+
+    def _resync_seq(self, conn: psycopg.Connection[Any]) -> None:
+        """Per-key sequence numbers from the ledger (after a commit whose outcome is unknown)."""
+        with conn.transaction():
+            rows = conn.execute("SELECT key, max(seq) FROM ledger GROUP BY key").fetchall()
+        self.seq = {str(key): int(seq) for key, seq in rows}
+
     # -- observing -------------------------------------------------------------------------
 
     def scalar(self, dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
@@ -364,5 +454,145 @@ class World:
             await client.jetstream().add_stream(
                 StreamConfig(name=STREAM, subjects=[PREFIX + ">"], duplicate_window=0.1)
             )
+        finally:
+            await client.close()
+
+    # -- scenario helpers: single writes, ownership, the raw broker -----------------------
+
+    def write_message(
+        self,
+        payload: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        topic: str = "faults.event",
+        delay: float | None = None,
+    ) -> outbox.Message:
+        """Write one message (and its ledger row) in its own committed transaction.
+
+        `key` defaults to a random key of the world's; the payload gets the key's next `seq`.
+        """
+        key = key if key is not None else f"k{random.randrange(self.keys)}"
+        seq = self.seq.get(key, 0) + 1
+        with psycopg.connect(self.service_dsn) as conn, conn.transaction():
+            message = outbox.write(
+                conn, topic, {"seq": seq, **(payload or {})}, key=key, delay=delay
+            )
+            conn.execute(
+                "INSERT INTO ledger (message_id, key, seq) VALUES (%s, %s, %s)",
+                (message.message_id, key, seq),
+            )
+        self.seq[key] = seq
+        return message
+
+    def partition_of(self, key: str) -> int:
+        """The outbox partition of `key` (the write path's stable hash)."""
+        return self.scalar(
+            self.service_dsn,
+            "SELECT (hashtext(%s) & 2147483647) %% partitions FROM outboxkit.outbox_settings",
+            (key,),
+        )
+
+    def lock_owners(self) -> dict[str, list[int]]:
+        """Relay id -> the partitions whose session advisory lock its connection holds,
+        read from pg_locks (the ground truth of who may publish what)."""
+        owners: dict[str, list[int]] = {}
+        with psycopg.connect(self.service_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                """
+                SELECT a.application_name, l.objid::int
+                FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = 'service')
+                  AND a.application_name LIKE 'outboxkit-relay %%'
+                """
+            ).fetchall()
+        for application, partition in rows:
+            owners.setdefault(application.removeprefix("outboxkit-relay "), []).append(partition)
+        return {relay: sorted(parts) for relay, parts in owners.items()}
+
+    def status(self) -> dict[str, Any]:
+        """`outboxkit status --json` on the service database, run as a subprocess."""
+        result = subprocess.run(
+            [sys.executable, "-m", "outboxkit.cli", "status", "--dsn", self.service_dsn, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"outboxkit status failed: {result.stderr.strip()}")
+        state: dict[str, Any] = json.loads(result.stdout)
+        return state
+
+    async def publish_raw(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish straight into the stream (no relay, no envelope check); its sequence."""
+        assert self.nats is not None
+        client = await nats.connect(self.nats.url)
+        try:
+            ack = await client.jetstream().publish(subject, data, headers=headers)
+            return int(ack.seq)
+        finally:
+            await client.close()
+
+    async def republish(
+        self, message_ids: Collection[str] | None = None, *, copies: int = 1, shuffle: bool = True
+    ) -> int:
+        """Copy messages already in the stream (all, or those of `message_ids`) back into it
+        `copies` times each, with a fresh Nats-Msg-Id so that JetStream keeps every copy: the
+        redeliveries a broker, a replay or a second relay could produce. Returns the count."""
+        assert self.nats is not None
+        client = await nats.connect(self.nats.url)
+        try:
+            js = client.jetstream()
+            info = await js.stream_info(STREAM)
+            originals: dict[str, tuple[str, bytes, dict[str, str]]] = {}
+            for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    stored = await js.get_msg(STREAM, seq)
+                    headers = dict(stored.headers or {})
+                    message_id = headers.get(MESSAGE_ID, "")
+                    if message_ids is None or message_id in message_ids:
+                        originals.setdefault(
+                            message_id, (stored.subject or "", stored.data or b"", headers)
+                        )
+            copies_out = [original for original in originals.values() for _ in range(copies)]
+            if shuffle:
+                random.shuffle(copies_out)
+            for subject, data, headers in copies_out:
+                await js.publish(subject, data, headers=headers | {MSG_ID: uuid.uuid4().hex})
+            return len(copies_out)
+        finally:
+            await client.close()
+
+    async def consumer_backlog(self, durable: str = "faults") -> tuple[int, int]:
+        """(not yet delivered, delivered but not acked) of the JetStream consumer `durable`."""
+        assert self.nats is not None
+        client = await nats.connect(self.nats.url)
+        try:
+            info = await client.jetstream().consumer_info(STREAM, durable)
+            return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+        finally:
+            await client.close()
+
+    async def wait_consumed(self, within: float = 120.0, durable: str = "faults") -> float:
+        """Wait until the consumer `durable` has acked everything in the stream; seconds."""
+        started = time.monotonic()
+        while time.monotonic() - started < within:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                if await self.consumer_backlog(durable) == (0, 0):
+                    return time.monotonic() - started
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"consumer {durable} not caught up in {within} s")
+
+    async def update_stream(self, **config: Any) -> None:
+        """Change the stream's configuration (e.g. `max_msg_size=`), keeping the rest."""
+        assert self.nats is not None
+        client = await nats.connect(self.nats.url)
+        try:
+            js = client.jetstream()
+            current = (await js.stream_info(STREAM)).config
+            await js.update_stream(dataclasses.replace(current, **config))
         finally:
             await client.close()

@@ -18,7 +18,10 @@ trims header values, so leading/trailing blanks in a user header do not survive.
 that no subject of the stream covers is rejected before sending (a misrouted topic is
 permanent for that message). A batch is pipelined: all messages are sent, then all PubAcks
 awaited. After the first connect the client reconnects forever; while it is disconnected
-`publish` answers `unreachable` at once instead of buffering.
+`publish` answers `unreachable` at once instead of buffering. When not one PubAck of a batch
+comes back in time, a PING tells a silent broker (blackholed, partitioned: the connection
+looks alive to the client) from slow JetStream: no PONG either means `unreachable`, no
+attempt counted, and the connection is dropped so that the next batch connects afresh.
 """
 
 from __future__ import annotations
@@ -202,7 +205,33 @@ class NatsPublisher:
                 # A PubAck marked `duplicate` counts as acked too.
                 outcomes[index] = Outcome.ok() if error is None else self._failed(error)
         await asyncio.gather(*acks, return_exceptions=True)  # let the cancelled ones finish
+        if late in outcomes and not any(o.acked for o in outcomes):
+            await self._check_silence(nc, outcomes, late)
         return outcomes
+
+    async def _check_silence(self, nc: Client, outcomes: list[Outcome], late: Outcome) -> None:
+        """Not one PubAck came back: tell a silent broker from slow messages.
+
+        A blackholed or partitioned connection looks healthy to the client (it notices only
+        after missed PINGs, minutes later), so without this every message of every batch
+        would time out as a per-message failure: attempts counted against healthy messages,
+        dead letters after a long enough silence, and the broker reported fine. If the
+        server does not answer a PING either, the broker is unreachable: no attempt is
+        counted, and the connection is dropped so that the next batch connects afresh.
+        """
+        wait = max(1, round(self.options.timeout))  # nats-py wants whole seconds
+        try:
+            await nc.flush(timeout=wait)
+            return  # the server answers: JetStream itself was slow, a per-message failure
+        except (OSError, TimeoutError, nats.errors.Error):
+            pass
+        down = Outcome.unreachable(
+            f"NATS at {self.options.display} answered neither PubAcks nor a PING within {wait}s"
+        )
+        outcomes[:] = [down if outcome == late else outcome for outcome in outcomes]
+        if self._nc is nc:
+            self._nc = self._js = None
+        await _close_quietly(nc)
 
     def _request(self, message: Message, limit: int) -> Outcome | tuple[str, dict[str, str]]:
         """The subject and headers for `message`, or why it can never be sent."""
