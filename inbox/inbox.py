@@ -112,6 +112,14 @@ class Inbox:
             "key": message.key,
         }
 
+    def lock_params(self, messages: list[Message]) -> dict[str, Any]:
+        """Parameters of the `lock_messages` query: a batch's locks, taken in one order."""
+        return {
+            "lock_space": f"outboxkit-inbox:{self.schema}",
+            "consumer": self.consumer,
+            "message_ids": [m.message_id for m in messages],
+        }
+
     def store_params(self, messages: list[Message]) -> dict[str, Any]:
         """Parameters of the durable `store` query for `messages`."""
         return {

@@ -57,7 +57,10 @@ async def serve(inbox: Inbox, settings: ConsumerSettings) -> ConsumerRunner:
             loop.remove_signal_handler(signum)
     log.info(
         "consumer %s stopped: %d handled, %d duplicates, %d dead-lettered",
-        inbox.consumer, runner.handled, runner.duplicates, runner.dead_lettered,
+        inbox.consumer,
+        runner.handled,
+        runner.duplicates,
+        runner.dead_lettered,
     )
     return runner
 

@@ -10,6 +10,23 @@ VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, now())
 ON CONFLICT (consumer, message_id) DO NOTHING
 RETURNING seq
 
+-- name: lock_messages
+-- A batch transaction takes its messages' transaction-scoped advisory locks first, all of
+-- them, in one global order (the key's value), before it writes any dedup row. Two batches
+-- holding the same messages (duplicate deliveries to concurrent fetchers or processes) then
+-- queue for each other instead of deadlocking: their dedup INSERTs would otherwise wait on
+-- each other's uncommitted rows in whatever order the broker delivered them. The subquery's
+-- ORDER BY is kept (a sorted subquery is never flattened), so the locks are taken in order.
+SELECT count(*) FROM (
+    SELECT pg_advisory_xact_lock(ordered.k)
+    FROM (
+        SELECT DISTINCT hashtextextended(
+                   %(lock_space)s::text || ':' || %(consumer)s::text || ':' || id::text, 0) AS k
+        FROM unnest(%(message_ids)s::uuid[]) AS id
+        ORDER BY k
+    ) AS ordered
+) AS locked
+
 -- name: store
 -- Durable mode: keep the messages to process later; duplicates are dropped on arrival.
 INSERT INTO {inbox_messages}

@@ -39,10 +39,16 @@ class Slot:
         """Dedup and handle each message under its own savepoint, all in one committed
         transaction. Per message: True (handled), False (a duplicate) or the handler's
         exception (its savepoint rolled back: nothing of it remains). A lost connection
-        aborts the whole batch: nothing is committed and the exception propagates."""
+        aborts the whole batch: nothing is committed and the exception propagates.
+
+        The batch first locks its messages in one global order (`lock_messages`), so that
+        batches sharing duplicates wait for each other instead of deadlocking."""
         if self._async_handlers:
             aconn = await self._async()
             async with aconn.transaction():
+                await aconn.execute(
+                    self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
+                )
                 return [await self._one_async(aconn, message) for message in messages]
         conn = await self._sync()
         return await asyncio.to_thread(self._handle_many_sync, conn, messages)
@@ -60,6 +66,7 @@ class Slot:
         self, conn: psycopg.Connection[Any], messages: list[Message]
     ) -> list[Result]:
         with conn.transaction():
+            conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
             return [self._one_sync(conn, message) for message in messages]
 
     def _one_sync(self, conn: psycopg.Connection[Any], message: Message) -> Result:
@@ -79,9 +86,13 @@ class Slot:
         return await asyncio.to_thread(process_batch_sync, self.inbox, conn, self.settings)
 
     async def store(self, messages: list[Message]) -> None:
-        """Store messages for the durable workers (duplicates dropped), committed."""
+        """Store messages for the durable workers (duplicates dropped), committed. Locked
+        first like `handle_many`: two stores of shuffled duplicates would deadlock too."""
         aconn = await self._async()
         async with aconn.transaction():
+            await aconn.execute(
+                self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
+            )
             await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
 
     async def bury(self, message: Message, attempts: int, error: str) -> None:

@@ -22,6 +22,9 @@ SCHEMES: dict[str, str] = {
     "rediss": "inbox.consumers.redis",
     "sqs": "inbox.consumers.sqs",
     "kafka": "inbox.consumers.kafka",
+    "http": "inbox.consumers.http",
+    "pulsar": "inbox.consumers.pulsar",
+    "pulsar+ssl": "inbox.consumers.pulsar",
 }
 # HTTP webhooks are consumed by an ASGI app (inbox.consumers.http.webhook_app), not a runner.
 EXTRAS: dict[str, str] = {"amqp": "rabbitmq", "amqps": "rabbitmq", "rediss": "redis"}

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from typing import Any
 
-from outboxkit.commands import consume, demo, migrate, relay, status
+from outboxkit.commands import bench, consume, demo, faults, migrate, relay, status
 
 COMMANDS: list[Callable[[Any], None]] = [
     migrate.register,
@@ -11,4 +11,6 @@ COMMANDS: list[Callable[[Any], None]] = [
     status.register,
     consume.register,
     demo.register,
+    faults.register,
+    bench.register,
 ]

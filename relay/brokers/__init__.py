@@ -26,6 +26,8 @@ SCHEMES: dict[str, str] = {
     "kafka": "relay.brokers.kafka",
     "http": "relay.brokers.http",
     "https": "relay.brokers.http",
+    "pulsar": "relay.brokers.pulsar",
+    "pulsar+ssl": "relay.brokers.pulsar",
 }
 # The pip extra each scheme's client comes with.
 EXTRAS: dict[str, str] = {
@@ -33,6 +35,7 @@ EXTRAS: dict[str, str] = {
     "amqps": "rabbitmq",
     "rediss": "redis",
     "https": "http",
+    "pulsar+ssl": "pulsar",
 }
 
 

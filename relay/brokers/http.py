@@ -126,7 +126,9 @@ class HttpPublisher:
                 _, writer = await asyncio.open_connection(o.host, o.port)
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else o.scrub(exc)
-            raise BrokerUnavailable(f"cannot reach the webhook endpoint {o.display}: {reason}") from exc
+            raise BrokerUnavailable(
+                f"cannot reach the webhook endpoint {o.display}: {reason}"
+            ) from exc
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

@@ -10,7 +10,7 @@ import importlib
 
 from tests.conformance.cases.base import BrokerCase
 
-NAMES = ["nats"]
+NAMES = ["nats", "rabbitmq", "redis", "sqs", "kafka", "http", "pulsar"]
 
 
 def load(name: str) -> BrokerCase:
