@@ -26,7 +26,8 @@ SCHEMES: dict[str, str] = {
     "pulsar": "inbox.consumers.pulsar",
     "pulsar+ssl": "inbox.consumers.pulsar",
 }
-# HTTP webhooks are consumed by an ASGI app (inbox.consumers.http.webhook_app), not a runner.
+# HTTP webhooks: the runner's consumer listens on the URL (inbox.consumers.http); an ASGI
+# app (inbox.consumers.http.webhook_app) serves the same inbox inside your own web server.
 EXTRAS: dict[str, str] = {"amqp": "rabbitmq", "amqps": "rabbitmq", "rediss": "redis"}
 TABLE_SCHEMES = frozenset({"postgresql", "postgres"})
 

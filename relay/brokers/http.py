@@ -26,19 +26,28 @@ concern every message alike, so they count as `unreachable`: the relay pauses in
 dead-lettering the whole outbox while someone fixes the configuration. A refused connection,
 a DNS failure or a connect timeout is `unreachable` too; once one happens, the rest of the
 batch is not attempted. Messages that have not started within `outboxkit_timeout` of the
-call (a slow endpoint) are `unreachable` as well: back-pressure, not a failure of theirs.
+call (a slow endpoint) are `unreachable` as well: back-pressure, not a failure of theirs. So
+one call lasts at most about twice `outboxkit_timeout`: keep that below the relay's
+`publish_timeout` (30 s), which otherwise abandons the whole batch.
 
-`Outboxkit-Attempt` counts the POSTs of a message by this publisher (1 after a restart of
-the relay): a hint for the receiver's dead-lettering, the inbox dedups anyway. Every request
+`Outboxkit-Attempt` counts the POSTs of a message by this publisher that reached the
+endpoint (1 again after a restart of the relay; an outage does not count): a hint for the
+receiver's dead-lettering, the inbox dedups anyway. Every request
 carries `Idempotency-Key: <message id>`: the endpoint must dedup (our consumer and
 `webhook_app` do, through the inbox), as an HTTP endpoint cannot tell a retry from a new
 message otherwise. There is no broker-side dedup.
 
 Order per key holds: the relay hands over at most one message per key per call and sends the
-next one only after this one was answered 2xx. Requests go through one httpx connection pool
-(HTTP/1.1 keep-alive) driven directly, without `httpx.AsyncClient`: no redirects, cookies or
-environment proxies, and no per-request INFO log line with the URL (whose query string may
-carry an endpoint's token). `connect()` checks that the host accepts TCP connections.
+next one only after this one was answered 2xx.
+
+Connections: `outboxkit_concurrency` lanes, each an httpx transport holding one HTTP/1.1
+keep-alive connection, each posting the batch's next message in turn. Not one shared pool:
+httpcore's pool re-checks every pooled connection (a socket poll each) whenever it assigns a
+request, so its cost per request grows with the pool and 16 shared connections were slower
+on loopback than 4. The transports are driven directly, without `httpx.AsyncClient`: no
+redirects, cookies or environment proxies, and no INFO log line per request with the URL
+(whose query string may carry an endpoint's token). `connect()` checks that the host accepts
+TCP connections; later the lanes reconnect by themselves.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ _SNIPPET_BYTES = 2048  # of an error answer's body, quoted in the error
 _SNIPPET_CHARS = 200
 
 Prepared = tuple[str, dict[str, str], bytes]
+_NOT_SENT = Outcome.unreachable("not sent")  # a placeholder, replaced before returning
 
 
 def parse_url(url: str) -> HttpOptions:
@@ -82,7 +92,7 @@ class HttpPublisher:
         self.capabilities = Capabilities(
             ordered_per_key=True, broker_dedup=False, max_message_bytes=options.max_bytes
         )
-        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._lanes: list[httpx.AsyncHTTPTransport] = []
         self._secrets: list[bytes] = []
         self._posts: OrderedDict[UUID, int] = OrderedDict()
         timeout = options.timeout
@@ -98,21 +108,22 @@ class HttpPublisher:
     async def connect(self) -> None:
         """Read the signing secret, check the endpoint accepts connections, open the pool."""
         async with self._lock:
-            if self._transport is not None:
+            if self._lanes:
                 return
             self._secrets = self.options.secrets()
+            tls = self._tls()
             await self._probe()
-            limit = self.options.concurrency
-            self._transport = httpx.AsyncHTTPTransport(
-                verify=self._tls(),
-                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-                retries=0,
-            )
+            one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            self._lanes = [
+                httpx.AsyncHTTPTransport(verify=tls, limits=one, retries=0)
+                for _ in range(self.options.concurrency)
+            ]
 
-    def _tls(self) -> ssl.SSLContext | bool:
-        if self.options.ca_file is None:
-            return True
+    def _tls(self) -> ssl.SSLContext:
+        """One TLS context for all lanes (the system's CAs, or `outboxkit_ca_file`)."""
         try:
+            if self.options.ca_file is None:
+                return httpx.create_ssl_context()
             return ssl.create_default_context(cafile=self.options.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(
@@ -143,27 +154,36 @@ class HttpPublisher:
             return [Outcome.unreachable(str(exc))] * len(batch)
         loop = asyncio.get_running_loop()
         start_by = loop.time() + self.options.timeout
-        slots = asyncio.Semaphore(self.options.concurrency)
+        outcomes: list[Outcome] = []
+        requests: dict[int, Prepared] = {}
         outage: list[str] = []
-
-        async def one(message: Message) -> Outcome:
+        for index, message in enumerate(batch):
             prepared = self._prepare(message)
             if isinstance(prepared, Outcome):
-                return prepared
-            async with slots:
+                outcomes.append(prepared)
+            else:
+                outcomes.append(_NOT_SENT)
+                requests[index] = prepared
+        todo = iter(requests.items())
+
+        async def lane(transport: httpx.AsyncHTTPTransport) -> None:
+            for index, prepared in todo:
                 if outage:
-                    return Outcome.unreachable(outage[0])
+                    outcomes[index] = Outcome.unreachable(outage[0])
+                    continue
                 if loop.time() > start_by:
-                    return Outcome.unreachable(
+                    outcomes[index] = Outcome.unreachable(
                         f"not sent: {self.options.display} did not take the batch within "
                         f"{self.options.timeout:g}s"
                     )
-                outcome = await self._post(message, prepared)
+                    continue
+                outcome = await self._post(transport, batch[index], prepared)
                 if outcome.unavailable and not outage:
                     outage.append(outcome.error or "endpoint unavailable")
-                return outcome
+                outcomes[index] = outcome
 
-        return list(await asyncio.gather(*(one(message) for message in batch)))
+        await asyncio.gather(*(lane(t) for t in self._lanes[: len(requests)]))
+        return outcomes
 
     def _prepare(self, message: Message) -> Outcome | Prepared:
         """The URL, headers and body of `message`'s POST, or why it can never be sent."""
@@ -179,15 +199,12 @@ class HttpPublisher:
             headers["authorization"] = self._authorization
         return self.options.url_for(message.topic), headers, message.payload
 
-    async def _post(self, message: Message, prepared: Prepared) -> Outcome:
-        transport = self._transport
-        assert transport is not None
+    async def _post(
+        self, transport: httpx.AsyncHTTPTransport, message: Message, prepared: Prepared
+    ) -> Outcome:
         url, headers, body = prepared
         message_id = message.message_id
-        posts = self._posts.pop(message_id, 0) + 1
-        self._posts[message_id] = posts
-        if len(self._posts) > _MAX_TRACKED:
-            self._posts.popitem(last=False)
+        posts = self._posts.get(message_id, 0) + 1
         headers[ATTEMPT] = str(posts)
         if self._secrets:
             headers[SIGNATURE] = http_url.sign(self._secrets, int(time.time()), headers, body)
@@ -202,12 +219,22 @@ class HttpPublisher:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            return Outcome.retry(f"no answer within {self.options.timeout:g}s")
+            outcome = Outcome.retry(f"no answer within {self.options.timeout:g}s")
+            return self._count(message_id, posts, outcome)
         except httpx.HTTPError as exc:
-            return self._failed(exc)
-        outcome = self._answered(response, snippet)
+            return self._count(message_id, posts, self._failed(exc))
+        return self._count(message_id, posts, self._answered(response, snippet))
+
+    def _count(self, message_id: UUID, posts: int, outcome: Outcome) -> Outcome:
+        """Remember `posts` for the next `Outboxkit-Attempt`, unless the message is settled
+        or never reached the endpoint (an outage must not age a message)."""
         if outcome.acked or not outcome.retriable:
             self._posts.pop(message_id, None)
+        elif not outcome.unavailable:
+            self._posts.pop(message_id, None)
+            self._posts[message_id] = posts
+            if len(self._posts) > _MAX_TRACKED:
+                self._posts.popitem(last=False)
         return outcome
 
     def _answered(self, response: httpx.Response, snippet: str) -> Outcome:
@@ -244,8 +271,8 @@ class HttpPublisher:
     async def close(self) -> None:
         """Close the connection pool; safe to call twice."""
         async with self._lock:
-            transport, self._transport = self._transport, None
-        if transport is not None:
+            lanes, self._lanes = self._lanes, []
+        for transport in lanes:
             await transport.aclose()
 
 
