@@ -1,0 +1,48 @@
+"""Pulsar through pulsar-lite, a Pulsar-protocol broker from the pulsar-lite wheel.
+
+The Pulsar adapter is verified against pulsar-lite (a Pulsar-protocol broker), not Apache
+Pulsar. pulsar-lite keeps its store on disk: a restart keeps topics, messages and cursors.
+It cannot list a namespace's topics, so the suite's wildcard handler pattern (`conf.*`) is
+served through one Pulsar topic per URL (`topic=`), the consumer filtering on the envelope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+from outboxkit.devservers.pulsar import PulsarLiteServer
+from tests.conformance.cases.base import BrokerCase
+
+
+class Server:
+    def __init__(self) -> None:
+        self.pulsar = PulsarLiteServer()
+
+    def fresh_url(self) -> str:
+        tag = uuid.uuid4().hex[:10]
+        return f"{self.pulsar.url}?topic=c{tag}&timeout=5&connect_timeout=2"
+
+    def stop(self) -> None:
+        self.pulsar.stop()
+
+    def start(self) -> None:
+        self.pulsar.start()
+
+
+@contextlib.contextmanager
+def server() -> Iterator[Server]:
+    running = Server()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.pulsar.cleanup()
+
+
+CASE = BrokerCase(
+    name="pulsar",
+    server=server,
+    unreachable_url="pulsar://u:s3cr3t-pw@127.0.0.1:9?timeout=2&connect_timeout=1",
+)
