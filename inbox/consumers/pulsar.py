@@ -33,20 +33,25 @@ does not (it never answers; `connect` then raises `ConfigurationError`: use `top
 exact handler topics). A message whose envelope topic matches no handler pattern is acked
 and dropped here (logged at debug).
 
-`ack()` acknowledges the message (the client groups acks and sends them within 100 ms; a
-lost ack means a redelivery, which the inbox absorbs). `nak(delay)` keeps the message in
-this process and hands it out again from the next fetch after `delay` seconds; the broker
-is not asked to redeliver it. Pulsar's own negative ack would serve one fixed delay per
-consumer (`negativeAckRedeliveryDelay`), pulsar-lite ignores delayed delivery (so
-`reconsume_later`-style republishing cannot help either), and pulsar-lite 0.2 loses track
-of a message once redelivered: a second negative ack, or the close of a second consumer
-that held it unacked, queues it for a redelivery that never comes (until the broker
-restarts). While a message waits it stays unacked on the broker, held for this process: if
-the process ends first, the broker hands it out again. `attempt` is the broker's
-redelivery count + 1, plus the naks of this process. Pulsar counts redeliveries on shared
-subscriptions only, so on this Failover subscription `attempt` counts the deliveries within
-one process: it starts again at 1 after a restart or a takeover, and a message may get up
-to `max_attempts` more attempts after each of those.
+`ack()` acknowledges the message. The client groups acks and sends them within 100 ms (not
+configurable from Python), so an ack made just before the connection drops reaches the
+broker only after the reconnect, and the broker may redeliver the message first: the
+consumer remembers the message ids it acked lately (10,000) and acks such redeliveries
+again instead of delivering them. Otherwise a lost ack means a redelivery, which the inbox
+absorbs.
+
+`nak(delay)` keeps the message in this process and hands it out again from the first fetch
+after `delay` seconds; the broker is not asked to redeliver it. A Pulsar negative ack
+could not do it: its delay is one setting per consumer (`negativeAckRedeliveryDelay`), on a
+Failover subscription it asks the broker to redeliver everything unacked (pulsar-lite
+ignores the request outright), and pulsar-lite ignores delayed delivery too, so
+`reconsume_later`-style republishing cannot help either. While a message waits it stays
+unacked on the broker, held for this process: if the process ends first, the broker hands
+it out again. `attempt` is the broker's redelivery count + 1, plus the naks of this
+process. Pulsar counts redeliveries on shared subscriptions only, so on this Failover
+subscription `attempt` counts the deliveries within one process: it starts again at 1 after
+a restart or a takeover, and a message may get up to `max_attempts` more attempts after
+each of those.
 
 `receive` blocks, so fetching runs in a few worker threads of this consumer (with a timeout
 of `wait`); the event loop never waits on the client. What a fetch received after its caller
@@ -82,6 +87,7 @@ _log = logging.getLogger(__name__)
 
 _GRACE = 5.0  # seconds beyond the client's own timeouts before we stop waiting (hang guard)
 _RECEIVERS = 8  # worker threads for concurrent fetches
+_RECENT_ACKS = 10_000  # message ids acked by this process that are remembered
 _PROBE_TOPIC = "outboxkit-connection-probe"  # looked up (never created) by connect()
 _PARTITION = re.compile(r"-partition-\d+$")
 _UNREACHABLE = (
@@ -132,7 +138,7 @@ class PulsarDelivery:
 
     async def ack(self) -> None:
         """Acknowledge (grouped by the client: no round trip is awaited)."""
-        self.consumer._ack(self.msg)
+        self.consumer._ack(self.msg, self.message)
 
     async def nak(self, delay: float) -> None:
         """Deliver the message again (attempt + 1) from a fetch after `delay` seconds."""
@@ -166,6 +172,8 @@ class PulsarConsumer:
         self._stash: collections.deque[tuple[pulsar.Message, int]] = collections.deque()
         self._stash_lock = threading.Lock()
         self._timers: set[asyncio.TimerHandle] = set()
+        # outboxkit message ids this process acked lately: their redeliveries are dropped.
+        self._acked: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._failing = False  # a failed fetch was logged; quiet until one succeeds
         self._disconnected = False  # the disconnection was logged
 
@@ -307,6 +315,10 @@ class PulsarConsumer:
                 _log.debug("subscription %s: no handler for %s; acked", self.name, message.topic)
                 self._ack(msg)
                 continue
+            if message is not None and str(message.message_id) in self._acked:
+                _log.debug("subscription %s: %s acked already", self.name, message.message_id)
+                self._ack(msg)
+                continue
             deliveries.append(PulsarDelivery(self, msg, message, malformed, attempt))
         if deliveries and self._failing:
             self._failing = False
@@ -338,10 +350,14 @@ class PulsarConsumer:
 
     # -- settling --------------------------------------------------------------------------
 
-    def _ack(self, msg: pulsar.Message) -> None:
+    def _ack(self, msg: pulsar.Message, message: Message | None = None) -> None:
         consumer = self._consumer
         if consumer is None:
             return  # closed: the broker redelivers it
+        if message is not None:
+            self._acked[str(message.message_id)] = None
+            if len(self._acked) > _RECENT_ACKS:
+                self._acked.popitem(last=False)
         try:
             consumer.acknowledge(msg)
         except pulsar.PulsarException as exc:

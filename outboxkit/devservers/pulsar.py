@@ -4,8 +4,12 @@ pulsar-lite is a small broker written in Rust that speaks the Pulsar binary prot
 keeps topics, subscriptions and cursors in RocksDB under its `--db-path`, so a restart on
 the same port finds them again. It is not Apache Pulsar (a JVM service no package source
 here provides): good for the demo and the tests, never for production. Known gaps of
-pulsar-lite 0.2: no regex subscriptions (GetTopicsOfNamespace goes unanswered), no delayed
-delivery (`deliver_after` is ignored), no broker deduplication, no authentication.
+pulsar-lite 0.2, as the adapters' tests found them: no regex subscriptions
+(GetTopicsOfNamespace goes unanswered), no delayed delivery (`deliver_after` is ignored), no
+broker deduplication, any credentials accepted; one consumer per subscription across
+clients (it tells them apart by the client-side consumer id); negative acks ignored on
+Failover subscriptions and lost on a second redelivery on shared ones; its message size
+limit is not told to clients (a bigger message drops the connection).
 
 The server binds 127.0.0.1 only, with its Prometheus endpoint (0.0.0.0:8080 by default)
 switched off, and keeps its store, its config file and its log in a temporary directory.

@@ -34,15 +34,17 @@ lands in one partition; one producer per topic sends in order and the consumer's
 subscription reads a partition in order: `ordered_per_key`. Batching is off: a batch is one
 broker entry, so redelivering one message redelivers the whole batch, and a Key_Shared
 reader would need key-based batches, which the relay's one message per key per call never
-fills (for keyed messages, batching measured no faster here). Pulsar deduplicates by producer name
-and sequence id only when the namespace enables it, and pulsar-lite does not: `broker_dedup`
-is False (the inbox drops duplicates).
+fills (for keyed messages, batching measured no faster here). Pulsar deduplicates by
+producer name and sequence id only when the namespace enables it, and pulsar-lite does
+not: `broker_dedup` is False (the inbox drops duplicates).
 
-One producer per Pulsar topic (the most recently used 256 are kept), created on first use.
-A batch is sent at once with `send_async`; the receipts arrive on the client's threads and
-are handed to the event loop with `call_soon_threadsafe`, so the loop never blocks. Blocking
-client calls (creating the client's first connection, a producer, closing) run in worker
-threads, bounded by `timeout`. Outcomes:
+`connect()` looks up one topic (the `topic=` one, or `outboxkit-connection-probe`, which
+is never written to; a broker that creates topics on lookup may create it) to check that
+the broker answers. One producer per Pulsar topic (the most recently used 256 are kept),
+created on first use. A batch is sent at once with `send_async`; the receipts arrive on
+the client's threads and are handed to the event loop with `call_soon_threadsafe`, so the
+loop never blocks. Blocking client calls (a lookup, creating a producer, closing) run in
+worker threads, bounded by `timeout`. Outcomes:
 
 - acked: a receipt without error (the broker has persisted the message).
 - reject (dead-letter): too large (checked first, or the client's `MessageTooBig`), a topic
@@ -57,9 +59,10 @@ threads, bounded by `timeout`. Outcomes:
   message was acked, or the lookup is answered): then the message itself is stuck.
 
 A send that got no receipt at all may stay stuck in its producer, resent on every
-reconnect, stalling the messages behind it: pulsar-lite, for one, drops the connection when
-a message exceeds its own limit (which it does not tell clients; set `max_message_bytes`
-to it). So does a connection that died silently. In both cases the client (with its
+reconnect, stalling the messages behind it. pulsar-lite, for one, drops the connection on
+a message over its own limit (which it does not tell clients: set `max_message_bytes` to
+it), and the other sends on that connection may fail with it (retried, attempts counted).
+A connection that died silently stalls everything too. In both cases the client (with its
 producers) is replaced on the next call and the old one closed in the background.
 
 The client's own log is discarded (the adapter logs outages itself). It cannot go through

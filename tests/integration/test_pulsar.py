@@ -635,3 +635,17 @@ async def test_credentials_are_sent_and_kept_out_of_logs(
             [delivery] = await receive(consumer, 1)
             await delivery.ack()
     assert SECRET not in caplog.text
+
+
+async def test_a_message_acked_here_is_not_delivered_again(lite: PulsarLiteServer) -> None:
+    url = url_for(lite, fresh_prefix())
+    [message] = keyed(1, "k")
+    await publish(url, [message])
+    async with consuming(url, "acked", "orders.created") as consumer:
+        [delivery] = await receive(consumer, 1)
+        await delivery.ack()
+        await publish(url, [message])  # published again (as a relay may after a crash)
+        await nothing_more(consumer, 1)  # dropped and acked, as the inbox would have
+    await asyncio.sleep(0.3)
+    async with consuming(url, "acked", "orders.created") as consumer:
+        await nothing_more(consumer, 1)
