@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class BrokerServer(Protocol):
@@ -40,3 +42,50 @@ class BrokerCase:
 
 
 ServerFactory = Callable[[], Iterator[BrokerServer]]
+
+
+class Startable(Protocol):
+    """A dev server: what the cases need of it."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+class Wrapped:
+    """A dev server seen as a `BrokerServer`: `fresh_url` makes a URL from a unique tag."""
+
+    def __init__(self, server: Startable, url_for: Callable[[str], str]) -> None:
+        self.server = server
+        self.url_for = url_for
+
+    def fresh_url(self) -> str:
+        return self.url_for(uuid.uuid4().hex[:10])
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
+ServerT = TypeVar("ServerT", bound=Startable)
+
+
+def wrapped(
+    make: Callable[[], ServerT], url_for: Callable[[ServerT, str], str]
+) -> Callable[[], AbstractContextManager[BrokerServer]]:
+    """A `BrokerCase.server` factory: start `make()`, give tagged URLs, clean up after."""
+
+    @contextlib.contextmanager
+    def server() -> Iterator[BrokerServer]:
+        running = make()
+        running.start()
+        try:
+            yield Wrapped(running, lambda tag: url_for(running, tag))
+        finally:
+            running.cleanup()
+
+    return server
