@@ -221,7 +221,8 @@ def _panel(canvas: Canvas, y: int, title: str, rows: list[Row]) -> int:
         gx = LABEL_WIDTH + span * quarter // 4
         canvas.rect(gx, y - 4, 1, ROW * len(rows), GRID)
     for row in rows:
-        label = row.label if len(row.label) <= LABEL_CHARS else row.label[: LABEL_CHARS - 1] + "."
+        label = row.short or row.label
+        label = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "."
         canvas.text(20, y + BAR - 6, label)
         for offset, value, color in ((0, row.ours, OURS), (BAR, row.reference, REFERENCE)):
             if value is None:

@@ -180,6 +180,7 @@ async def run(ctx: Context) -> Result:
         ctx.log("inbox: ours, durable workers on stored messages")
         store(dsn, "bench-inbox-stored", count)
         workers = await run_ours(ctx, dsn, dsn, "stored", "durable", count)
+        ctx.shared["inbox_rate"] = idempotent
         raw_label = "raw INSERT … ON CONFLICT"
         result.rows += [
             Row("idempotent mode", idempotent, "msg/s", raw, raw_label, chart=True),

@@ -23,6 +23,7 @@ class Row:
     lower_is_better: bool = False  # times and latencies
     chart: bool = False  # show this row in the chart
     group: str = ""  # the chart panel, when not the benchmark's own
+    short: str = ""  # the label in the chart, when not `label`
     # With --repeat: every run's ratio (ours and reference are then the medians).
     spread: tuple[float, ...] = ()
 

@@ -15,7 +15,7 @@ DESCRIPTION = (
     "embedded PostgreSQL and NATS started for the run; write a Markdown report and a PNG chart."
 )
 # The benchmarks, in the order they run (each is `benchmarks/<module>.py` with this NAME).
-NAMES = ("producer", "relay", "latency", "inbox", "scaling", "peers", "semantics")
+NAMES = ("producer", "relay", "inbox", "latency", "scaling", "peers", "semantics")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,10 @@ class Children:
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
 
+    def signal(self, name: str, signum: int) -> None:
+        """Send `signum` to child `name` (SIGSTOP/SIGCONT pause and resume it)."""
+        self.processes[name].send_signal(signum)
+
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM every child (they drain and exit), SIGKILL what is left after `timeout`."""
         for process in self.processes.values():

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -39,8 +40,8 @@ __all__ = ["BENCHMARKS", "add_arguments", "execute", "main", "options_from"]
 MODULES: tuple[ModuleType, ...] = (
     producer,
     relay_throughput,
-    latency,
     consumer,
+    latency,
     scaling,
     peers,
     semantics,
@@ -137,6 +138,11 @@ async def _run_one(
         traceback.print_exc()
         result = Result(name, title, error=f"{type(exc).__name__}: {exc}".strip()[:500])
     result.seconds = time.perf_counter() - began
+    for row in result.rows:
+        log(
+            f"{name}: {row.label}: {report.number(row.ours, row.unit)} vs "
+            f"{report.number(row.reference, row.unit)} → {report.ratio(row.ratio)}"
+        )
     for target in result.targets:
         log(
             f"{name}: {target.description}: {report.target_value(target)}, {report.verdict(target)}"
@@ -144,9 +150,27 @@ async def _run_one(
     return result
 
 
+async def _interruptible(options: Options) -> tuple[report.RunInfo, list[Result]]:
+    """`run_all`, cancelled by SIGTERM or SIGINT so that its servers and children stop."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await run_all(options)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
 def execute(options: Options) -> int:
     """Run, then write the report and the chart; 1 if a benchmark did not complete."""
-    info, results = asyncio.run(run_all(options))
+    try:
+        info, results = asyncio.run(_interruptible(options))
+    except asyncio.CancelledError:
+        log("interrupted: servers and children stopped, no report written")
+        return 130
     title = "outboxkit benchmarks" + (" (--quick)" if options.quick else "")
     charted = chart.write(options.chart_path, results, title)
     report.write(options.out, info, results, options.chart_path if charted else None)
