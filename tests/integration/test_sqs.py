@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -434,22 +435,30 @@ async def test_fifo_drops_republished_messages(sqs: SqsServer) -> None:
     fifo_url = FifoBroker(sqs).fresh_url()
     standard_url = sqs.url(queue=f"n{tag()}")
     batch = messages(10)
-    counts = []
+    per_id: list[Counter[str]] = []
     for url in (fifo_url, standard_url):
         publisher = await publisher_for(url)
         consumer = await consumer_for(url)
         try:
             for _ in range(3):
                 assert all(o.acked for o in await publisher.publish(batch))
-            copies = 10 if publisher.capabilities.broker_dedup else 30
-            got = await drain(consumer, copies)
-            await nothing_more(consumer, 2)
+            if publisher.capabilities.broker_dedup:
+                got = await drain(consumer, 10)
+                await nothing_more(consumer, 2)
+            else:
+                got = await drain(consumer, 30)
+                while min(Counter(d.message.message_id for d in got if d.message).values()) < 3:
+                    got += await drain(consumer, 1)
         finally:
             await consumer.close()
             await publisher.close()
-        assert {d.message.message_id for d in got if d.message} == {m.message_id for m in batch}
-        counts.append(len(got))
-    assert counts == [10, 30]
+        per_id.append(Counter(str(d.message.message_id) for d in got if d.message))
+    ids = {str(m.message_id) for m in batch}
+    fifo, standard = per_id
+    assert fifo == Counter(dict.fromkeys(ids, 1))
+    # A standard queue is at-least-once: every copy arrives, and moto (like SQS) may
+    # hand out a message twice to concurrent receives, so "at least 3" is the promise.
+    assert set(standard) == ids and min(standard.values()) >= 3
 
 
 async def test_fifo_group_and_dedup_ids_on_the_wire(sqs: SqsServer, raw: Any) -> None:
