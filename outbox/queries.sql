@@ -29,3 +29,22 @@ notified AS (
 )
 SELECT inserted.message_id, inserted.created_at, inserted.available_at
 FROM inserted CROSS JOIN notified
+
+-- name: insert_message
+-- One message: a plain INSERT … SELECT costs the server about a third of the unnest form
+-- above, which matters when it is the only extra statement in a business transaction.
+WITH inserted AS (
+    INSERT INTO {outbox_messages}
+        (message_id, topic, key, partition, payload, content_type, headers, available_at)
+    SELECT %(message_id)s, %(topic)s, %(key)s,
+           (hashtext(coalesce(%(key)s::text, %(message_id)s::uuid::text)) & 2147483647)
+               %% s.partitions,
+           %(payload)s, %(content_type)s, %(headers)s,
+           now() + %(delay)s::float8 * interval '1 second'
+    FROM {outbox_settings} AS s
+    RETURNING message_id, created_at, available_at, partition
+)
+SELECT message_id, created_at, available_at,
+       CASE WHEN %(channel)s::text IS NOT NULL THEN
+            pg_notify(%(channel)s::text, partition::text) END AS notified
+FROM inserted

@@ -36,7 +36,4 @@ def load(package: str, filename: str) -> dict[str, str]:
 def bind(queries: Mapping[str, str], schema: str, tables: Iterable[str]) -> dict[str, sql.Composed]:
     """Bind every `{table}` placeholder to the quoted `schema.table`."""
     identifiers = {table: sql.Identifier(schema, table) for table in tables}
-    return {
-        name: sql.SQL(statement).format(**identifiers)
-        for name, statement in queries.items()
-    }
+    return {name: sql.SQL(statement).format(**identifiers) for name, statement in queries.items()}

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
 from outbox.building import build_message
@@ -29,7 +29,8 @@ class Outbox:
     def __init__(self, settings: OutboxSettings | None = None, **overrides: Any) -> None:
         base = settings or OutboxSettings()
         self.settings = replace(base, **overrides) if overrides else base
-        self._insert = bound(self.settings.schema)["insert_messages"]
+        queries = bound(self.settings.schema)
+        self._insert_one, self._insert_many = queries["insert_message"], queries["insert_messages"]
 
     def message(
         self,
@@ -67,7 +68,7 @@ class Outbox:
         conn = sync_connection(tx)
         check_transactional(conn, self.settings.allow_autocommit)
         with _schema_errors(self.settings.schema):
-            rows = conn.execute(self._insert, self._params(messages)).fetchall()
+            rows = conn.execute(*self._statement(messages)).fetchall()
         return _stamped(messages, rows)
 
     async def awrite_many(self, tx: Any, messages: Sequence[Message]) -> list[Message]:
@@ -77,11 +78,25 @@ class Outbox:
         conn = await async_connection(tx)
         check_transactional(conn, self.settings.allow_autocommit)
         with _schema_errors(self.settings.schema):
-            cursor = await conn.execute(self._insert, self._params(messages))
+            cursor = await conn.execute(*self._statement(messages))
         return _stamped(messages, await cursor.fetchall())
 
-    def _params(self, messages: Sequence[Message]) -> dict[str, Any]:
-        return {
+    def _statement(self, messages: Sequence[Message]) -> tuple[sql.Composed, dict[str, Any]]:
+        """The insert for `messages` and its parameters: a single row has a cheaper form."""
+        channel = self.settings.notify_channel if self.settings.notify else None
+        if len(messages) == 1:
+            m = messages[0]
+            return self._insert_one, {
+                "message_id": m.message_id,
+                "topic": m.topic,
+                "key": m.key,
+                "payload": m.payload,
+                "content_type": m.content_type,
+                "headers": Jsonb(dict(m.headers)),
+                "delay": m.delay.total_seconds() if m.delay else 0.0,
+                "channel": channel,
+            }
+        return self._insert_many, {
             "message_ids": [m.message_id for m in messages],
             "topics": [m.topic for m in messages],
             "keys": [m.key for m in messages],
@@ -89,7 +104,7 @@ class Outbox:
             "content_types": [m.content_type for m in messages],
             "headers": [Jsonb(dict(m.headers)) for m in messages],
             "delays": [m.delay.total_seconds() if m.delay else 0.0 for m in messages],
-            "channel": self.settings.notify_channel if self.settings.notify else None,
+            "channel": channel,
         }
 
 

@@ -270,6 +270,21 @@ async def test_commit_writes_the_message_with_the_business_row(
     assert rows[1][8] == rows[1][7]
 
 
+def test_single_and_batched_writes_agree_on_partitions(dsn: str, admin: Admin) -> None:
+    """`write` and `write_many` use different statements; a key's partition is the same."""
+    keys = [f"customer-{i}" for i in range(50)]
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        single = [outbox.write(conn, "t", {}, key=key) for key in keys]
+        many = outbox.write_many(conn, [outbox.message("t", {}, key=key) for key in keys])
+        keyless = [outbox.write(conn, "t", {}) for _ in range(20)]
+    partition = dict(
+        admin.execute("SELECT message_id, partition FROM outboxkit.outbox_messages").fetchall()
+    )
+    assert [partition[m.message_id] for m in single] == [partition[m.message_id] for m in many]
+    assert len({partition[m.message_id] for m in single}) > 4
+    assert len({partition[m.message_id] for m in keyless}) > 2
+
+
 @pytest.mark.usefixtures("orders")
 async def test_rollback_leaves_nothing(surface: Surface, admin: Admin) -> None:
     with suppress(Abort):
