@@ -16,7 +16,8 @@ Each message carries the envelope headers plus `Nats-Msg-Id: <message_id>`, so J
 drops a republished message within `duplicate_window` (its PubAck says `duplicate`). NATS
 trims header values, so leading/trailing blanks in a user header do not survive. A subject
 that no subject of the stream covers is rejected before sending (a misrouted topic is
-permanent for that message). A batch is pipelined: all messages are sent, then all PubAcks
+permanent for that message). A batch is pipelined: all messages are sent, each with its own
+reply subject under one subscription (`relay.brokers.nats_acks`), then all PubAcks
 awaited. After the first connect the client reconnects forever; while it is disconnected
 `publish` answers `unreachable` at once instead of buffering. When not one PubAck of a batch
 comes back in time, a PING tells a silent broker (blackholed, partitioned: the connection
@@ -30,11 +31,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
@@ -44,6 +45,7 @@ from outbox.errors import BrokerUnavailable, ConfigurationError
 from outbox.message import Message
 from outbox.nats_url import NatsOptions, subject_matches, valid_subject
 from relay.brokers.base import Capabilities, Outcome
+from relay.brokers.nats_acks import NO_RESPONDERS_CODE, AckInbox, AckRound, ack_error
 
 _log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class NatsPublisher:
         self._routes: dict[str, Outcome | str] = {}
         self._connect_error: Exception | None = None
         self._lock = asyncio.Lock()
+        self._acks = AckInbox(self._read_ack)
 
     async def connect(self) -> None:
         """Connect (failing fast), then make sure the stream exists."""
@@ -138,6 +141,13 @@ class NatsPublisher:
         except ConfigurationError:
             await _close_quietly(nc)
             raise
+        try:
+            await self._acks.open(nc)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await _close_quietly(nc)
+            raise BrokerUnavailable(
+                f"cannot subscribe for PubAcks at {o.display}: {self._scrub(exc)}"
+            ) from exc
         limit = nc.max_payload if max_msg_size <= 0 else min(nc.max_payload, max_msg_size)
         self.capabilities = replace(self.capabilities, max_message_bytes=limit)
         self._nc, self._js = nc, js
@@ -168,14 +178,14 @@ class NatsPublisher:
         except (BrokerUnavailable, ConfigurationError) as exc:
             # Nothing is wrong with the messages: the relay pauses and tries again later.
             return [Outcome.unreachable(str(exc))] * len(batch)
-        nc, js = self._nc, self._js
-        assert nc is not None and js is not None
+        nc = self._nc
+        assert nc is not None
         if not nc.is_connected:
             down = Outcome.unreachable(f"disconnected from NATS at {self.options.display}")
             return [down] * len(batch)
         late = Outcome.retry(f"no PubAck within {self.options.timeout:g}s")
         outcomes: list[Outcome] = [late] * len(batch)
-        acks: dict[asyncio.Task[Any], int] = {}
+        acks = AckRound(outcomes)
         deadline = asyncio.get_running_loop().time() + self.options.timeout
         try:
             async with asyncio.timeout_at(deadline):
@@ -184,27 +194,18 @@ class NatsPublisher:
                     if isinstance(request, Outcome):
                         outcomes[index] = request
                         continue
-                    # One request per message, all in flight at once (a request only queues
-                    # its bytes). Not js.publish_async: in nats-py 2.x its reply handler raises
-                    # instead of failing the future when JetStream answers with an error, so a
-                    # message JetStream refuses (e.g. over the stream's max_msg_size) would
-                    # only ever time out and be retried, never be dead-lettered as poison.
-                    publishing = js.publish(
-                        request[0], message.payload, self.options.timeout, headers=request[1]
-                    )
-                    acks[asyncio.create_task(publishing)] = index
-                if acks:
-                    await asyncio.wait(acks)
+                    reply = self._acks.reply_subject(acks, index)
+                    try:
+                        # Only queues the bytes: the whole batch goes out pipelined.
+                        await nc.publish(request[0], message.payload, reply, request[1])
+                    except (*_CLIENT_REFUSALS, OSError, nats.errors.Error) as exc:
+                        outcomes[index] = self._failed(exc)
+                        self._acks.withdraw(reply)
+                await acks.complete.wait()
         except TimeoutError:
             pass  # what was not sent or acked in time stays `late`
-        for ack, index in acks.items():
-            if not ack.done():
-                ack.cancel()
-            elif not ack.cancelled():
-                error = ack.exception()
-                # A PubAck marked `duplicate` counts as acked too.
-                outcomes[index] = Outcome.ok() if error is None else self._failed(error)
-        await asyncio.gather(*acks, return_exceptions=True)  # let the cancelled ones finish
+        finally:
+            self._acks.forget(acks)
         if late in outcomes and not any(o.acked for o in outcomes):
             await self._check_silence(nc, outcomes, late)
         return outcomes
@@ -261,12 +262,18 @@ class NatsPublisher:
             self._routes[topic] = route
         return route
 
+    def _read_ack(self, reply: Msg) -> Outcome:
+        """The outcome a PubAck reports; one marked `duplicate` counts as acked too."""
+        error = ack_error(reply)
+        if error is None:
+            return Outcome.ok()
+        code, err_code, description = error
+        if code == NO_RESPONDERS_CODE:
+            return Outcome.unreachable(f"JetStream did not answer for stream {self.options.stream}")
+        return _api_error(code, err_code, description)
+
     def _failed(self, exc: BaseException) -> Outcome:
         """The outcome for an error from sending a message or from its PubAck."""
-        if isinstance(exc, nats.js.errors.APIError):
-            return _api_error(exc)
-        if isinstance(exc, nats.js.errors.NoStreamResponseError):
-            return Outcome.unreachable(f"JetStream did not answer for stream {self.options.stream}")
         if isinstance(exc, _CLIENT_REFUSALS):
             return Outcome.reject(f"refused by the NATS client: {type(exc).__name__} {exc}")
         if isinstance(exc, TimeoutError | nats.js.errors.TooManyStalledMsgsError):
@@ -299,10 +306,10 @@ class NatsPublisher:
         _log.info("reconnected to NATS at %s", self.options.display)
 
 
-def _api_error(exc: nats.js.errors.APIError) -> Outcome:
+def _api_error(code: int | None, err_code: int | None, description: str) -> Outcome:
     """A 4xx from JetStream refuses this message for good; anything else may pass later."""
-    error = f"JetStream error {exc.code}/{exc.err_code}: {exc.description}"
-    if exc.code is not None and 400 <= exc.code < 500:
+    error = f"JetStream error {code}/{err_code}: {description}"
+    if code is not None and 400 <= code < 500:
         return Outcome.reject(error)
     return Outcome.retry(error)
 
