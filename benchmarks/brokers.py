@@ -103,7 +103,7 @@ class NatsTarget:
         return int(info.state.messages)
 
     async def raw_publish_rate(self, messages: Sequence[Message], batch: int) -> float:
-        """nats-py `publish_async` for a batch, then await all PubAcks; batch after batch."""
+        """The faster of two raw nats-py ways to publish a batch and await its PubAcks."""
         js = await self._js()
         tag = f"raw{uuid7().hex[:8]}"
         stream, prefix = self.stream(tag), self.prefix(tag)
@@ -117,17 +117,55 @@ class NatsTarget:
             headers[MSG_ID] = str(message.message_id)
             prepared.append((prefix + message.topic, message.payload, headers))
         try:
-            started = time.perf_counter()
-            for first in range(0, len(prepared), batch):
-                futures = [
-                    await js.publish_async(subject, payload, headers=headers)
-                    for subject, payload, headers in prepared[first : first + batch]
-                ]
-                await asyncio.gather(*futures)
-            elapsed = time.perf_counter() - started
+            half = len(prepared) // 2  # each way publishes its own half: no duplicates
+            rates = [
+                await self._publish_async_rate(js, prepared[:half], batch),
+                await self._reply_pipelined_rate(prepared[half:], batch),
+            ]
         finally:
             await js.delete_stream(stream)
-        return len(prepared) / elapsed
+        return max(rates)
+
+    @staticmethod
+    async def _publish_async_rate(js: Any, prepared: list[Any], batch: int) -> float:
+        """nats-py's own batched API: `publish_async` a batch, then gather its PubAcks."""
+        started = time.perf_counter()
+        for first in range(0, len(prepared), batch):
+            futures = [
+                await js.publish_async(subject, payload, headers=headers)
+                for subject, payload, headers in prepared[first : first + batch]
+            ]
+            await asyncio.gather(*futures)
+        return len(prepared) / (time.perf_counter() - started)
+
+    async def _reply_pipelined_rate(self, prepared: list[Any], batch: int) -> float:
+        """Plain PUBs with a reply subject each under one subscription; a batch waits for
+        as many replies as it sent. The cheapest confirmed publish nats-py allows."""
+        nc = self._nc
+        inbox = nc.new_inbox()
+        replies = 0
+        enough = asyncio.Event()
+        wanted = 0
+
+        async def on_reply(_: Any) -> None:
+            nonlocal replies
+            replies += 1
+            if replies >= wanted:
+                enough.set()
+
+        subscription = await nc.subscribe(inbox + ".*", cb=on_reply)
+        try:
+            started = time.perf_counter()
+            for first in range(0, len(prepared), batch):
+                chunk = prepared[first : first + batch]
+                wanted, replies = len(chunk), 0
+                enough.clear()
+                for n, (subject, payload, headers) in enumerate(chunk):
+                    await nc.publish(subject, payload, f"{inbox}.{first + n}", headers)
+                await asyncio.wait_for(enough.wait(), 30)
+            return len(prepared) / (time.perf_counter() - started)
+        finally:
+            await subscription.unsubscribe()
 
     async def cleanup(self, tag: str) -> None:
         js = await self._js()

@@ -4,8 +4,10 @@
 - D: the raw SQL claim-and-delete loop on the same table, per partition like the relay
   (`DELETE … WHERE id IN (SELECT id … WHERE partition = p ORDER BY id LIMIT n FOR UPDATE
   SKIP LOCKED) RETURNING …`, one transaction per batch), from Python with psycopg.
-- P: the broker's own raw publish rate from Python (nats-py `publish_async`, then await all
-  PubAcks), with the same batch size, subjects, payloads and headers.
+- P: the broker's own raw publish rate from Python, with the same batch size, subjects,
+  payloads and headers: for NATS the faster of nats-py's `publish_async` + gather and plain
+  PUBs with a reply subject each under one subscription (what our publisher does); for
+  RabbitMQ aio-pika with publisher confirms.
 - H = 1/(1/D + 1/P): what a relay that did nothing but those two steps, one after the
   other, could reach. Our ratio to H is the relay's own overhead (target ≥ 0.8).
 """
