@@ -96,6 +96,10 @@ class Inbox:
         """Whether a handler is registered for `topic`."""
         return self.registry.find(topic) is not None
 
+    def handler_for(self, topic: str) -> Registration | None:
+        """The registration that handles `topic`, if any."""
+        return self.registry.find(topic)
+
     def _registration(self, message: Message) -> Registration:
         registration = self.registry.find(message.topic)
         if registration is None:
@@ -110,6 +114,15 @@ class Inbox:
             "message_id": message.message_id,
             "topic": message.topic,
             "key": message.key,
+        }
+
+    def record_many_params(self, messages: list[Message]) -> dict[str, Any]:
+        """Parameters of the batched `record_many` query."""
+        return {
+            "consumer": self.consumer,
+            "message_ids": [m.message_id for m in messages],
+            "topics": [m.topic for m in messages],
+            "keys": [m.key for m in messages],
         }
 
     def lock_params(self, messages: list[Message]) -> dict[str, Any]:

@@ -10,6 +10,16 @@ VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, now())
 ON CONFLICT (consumer, message_id) DO NOTHING
 RETURNING seq
 
+-- name: record_many
+-- Idempotent mode, a whole batch at once: the dedup rows of the messages not seen before
+-- come back (a message twice in one batch is recorded once).
+INSERT INTO {inbox_messages} (consumer, message_id, topic, key, processed_at)
+SELECT %(consumer)s, m.message_id, m.topic, m.key, now()
+FROM unnest(%(message_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[])
+     AS m(message_id, topic, key)
+ON CONFLICT (consumer, message_id) DO NOTHING
+RETURNING message_id
+
 -- name: lock_messages
 -- A batch transaction takes its messages' transaction-scoped advisory locks first, all of
 -- them, in one global order (the key's value), before it writes any dedup row. Two batches

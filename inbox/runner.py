@@ -119,7 +119,10 @@ class ConsumerRunner:
                 valid.append(delivery)
         if not valid:
             return
-        results = await slot.handle_many([d.message for d in valid if d.message is not None])
+        results = await slot.handle_many(
+            [d.message for d in valid if d.message is not None],
+            cautious=any(d.attempt > 1 for d in valid),
+        )
         self.crash.reached("after_handle_commit")
         for delivery, result in zip(valid, results, strict=True):
             if isinstance(result, Exception):

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
+from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from inbox.inbox import Inbox
+from inbox.registry import AsyncHandler, Registration
 from inbox.settings import ConsumerSettings
 from inbox.stored import BatchResult, process_batch_async, process_batch_sync
 from outbox.db import aconnect, connect
@@ -23,6 +26,20 @@ from outbox.message import Message
 # Errors that mean the connection (not the message) failed: the batch is abandoned.
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 Result = bool | Exception
+
+
+class _HandlerFailed(Exception):
+    """A handler raised in an optimistic batch: roll it back, run it with savepoints."""
+
+
+@contextlib.contextmanager
+def _handler_failures() -> Iterator[None]:
+    try:
+        yield
+    except CONNECTION_ERRORS:
+        raise
+    except Exception as exc:
+        raise _HandlerFailed from exc
 
 
 class Slot:
@@ -35,23 +52,82 @@ class Slot:
         self._aconn: psycopg.AsyncConnection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
 
-    async def handle_many(self, messages: list[Message]) -> list[Result]:
-        """Dedup and handle each message under its own savepoint, all in one committed
-        transaction. Per message: True (handled), False (a duplicate) or the handler's
-        exception (its savepoint rolled back: nothing of it remains). A lost connection
-        aborts the whole batch: nothing is committed and the exception propagates.
+    async def handle_many(self, messages: list[Message], *, cautious: bool = False) -> list[Result]:
+        """Dedup and handle a batch in one committed transaction. Per message: True
+        (handled), False (a duplicate) or the handler's exception (nothing of it remains).
+        A lost connection aborts the whole batch: nothing is committed and it propagates.
 
         The batch first locks its messages in one global order (`lock_messages`), so that
-        batches sharing duplicates wait for each other instead of deadlocking."""
+        batches sharing duplicates wait for each other instead of deadlocking. It then runs
+        optimistically: one statement records the whole batch, handlers run without
+        savepoints. If a handler raises, that transaction rolls back and the batch runs again
+        with a savepoint per message, which keeps the others' effects and reports the failure
+        per message: handlers of such a batch run twice, as after any redelivery. A
+        `cautious` batch (one holding a redelivery, which failed before) skips the
+        optimistic pass."""
+        optimistic = not cautious and all(self.inbox.handler_for(m.topic) for m in messages)
         if self._async_handlers:
             aconn = await self._async()
+            if optimistic:
+                with contextlib.suppress(_HandlerFailed):
+                    async with aconn.transaction():
+                        return await self._batch_async(aconn, messages)
             async with aconn.transaction():
                 await aconn.execute(
                     self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
                 )
                 return [await self._one_async(aconn, message) for message in messages]
         conn = await self._sync()
-        return await asyncio.to_thread(self._handle_many_sync, conn, messages)
+        return await asyncio.to_thread(self._handle_many_sync, conn, messages, optimistic)
+
+    async def _batch_async(
+        self, aconn: psycopg.AsyncConnection[Any], messages: list[Message]
+    ) -> list[Result]:
+        await aconn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
+        cursor = await aconn.execute(
+            self.inbox.queries["record_many"], self.inbox.record_many_params(messages)
+        )
+        fresh = {row[0] for row in await cursor.fetchall()}
+        results: list[Result] = []
+        for message in messages:
+            registration = self._first_time(message, fresh)
+            if registration is not None:
+                with _handler_failures():
+                    await cast(AsyncHandler, registration.handler)(aconn, message)
+            results.append(registration is not None)
+        return results
+
+    def _handle_many_sync(
+        self, conn: psycopg.Connection[Any], messages: list[Message], optimistic: bool
+    ) -> list[Result]:
+        if optimistic:
+            with contextlib.suppress(_HandlerFailed), conn.transaction():
+                return self._batch_sync(conn, messages)
+        with conn.transaction():
+            conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
+            return [self._one_sync(conn, message) for message in messages]
+
+    def _batch_sync(self, conn: psycopg.Connection[Any], messages: list[Message]) -> list[Result]:
+        conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
+        cursor = conn.execute(
+            self.inbox.queries["record_many"], self.inbox.record_many_params(messages)
+        )
+        fresh = {row[0] for row in cursor.fetchall()}
+        results: list[Result] = []
+        for message in messages:
+            registration = self._first_time(message, fresh)
+            if registration is not None:
+                with _handler_failures():
+                    registration.handler(conn, message)
+            results.append(registration is not None)
+        return results
+
+    def _first_time(self, message: Message, fresh: set[UUID]) -> Registration | None:
+        """The handler to run if this is the message's first delivery (once per batch)."""
+        if message.message_id not in fresh:
+            return None
+        fresh.discard(message.message_id)
+        return self.inbox.handler_for(message.topic)
 
     async def _one_async(self, aconn: psycopg.AsyncConnection[Any], message: Message) -> Result:
         try:
@@ -61,13 +137,6 @@ class Slot:
             raise
         except Exception as exc:  # noqa: BLE001 - the handler's failure, reported per message
             return exc
-
-    def _handle_many_sync(
-        self, conn: psycopg.Connection[Any], messages: list[Message]
-    ) -> list[Result]:
-        with conn.transaction():
-            conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
-            return [self._one_sync(conn, message) for message in messages]
 
     def _one_sync(self, conn: psycopg.Connection[Any], message: Message) -> Result:
         try:

@@ -1,0 +1,105 @@
+"""A consumer batch in one transaction: the optimistic pass (one statement records the batch,
+handlers run without savepoints) and its fallback to a savepoint per message, for sync and
+async handlers alike."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from inbox import ConsumerSettings, Inbox
+from inbox.slots import Slot
+from outbox.ids import uuid7
+from outbox.message import Message
+
+POISON = b'{"poison": true}'
+
+
+def effects(dsn: str) -> Counter[Any]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT message_id FROM batch_effects").fetchall()
+    return Counter(row[0] for row in rows)
+
+
+def make_inbox(kind: str, calls: Counter[Any]) -> Inbox:
+    ib = Inbox(consumer=f"batches-{kind}")
+    insert = "INSERT INTO batch_effects (message_id) VALUES (%s)"
+
+    if kind == "sync":
+
+        @ib.handler("orders.*")
+        def handle(tx: psycopg.Connection[Any], message: Message) -> None:
+            calls[message.message_id] += 1
+            tx.execute(insert, (message.message_id,))
+            if message.payload == POISON:
+                raise ValueError("poison")
+
+    else:
+
+        @ib.handler("orders.*")
+        async def ahandle(tx: psycopg.AsyncConnection[Any], message: Message) -> None:
+            calls[message.message_id] += 1
+            await tx.execute(insert, (message.message_id,))
+            if message.payload == POISON:
+                raise ValueError("poison")
+
+    return ib
+
+
+def order(payload: bytes = b"{}", topic: str = "orders.created") -> Message:
+    return Message(message_id=uuid7(), topic=topic, payload=payload, key=None)
+
+
+@pytest.fixture(params=["sync", "async"])
+async def setup(
+    request: pytest.FixtureRequest, dsn: str
+) -> AsyncIterator[tuple[Slot, Counter[Any]]]:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE batch_effects (message_id uuid NOT NULL)")
+    calls: Counter[Any] = Counter()
+    slot = Slot(make_inbox(request.param, calls), ConsumerSettings(dsn=dsn, broker_url="x://"))
+    try:
+        yield slot, calls
+    finally:
+        await slot.reset()
+
+
+async def test_a_healthy_batch_runs_each_handler_once(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    slot, calls = setup
+    a, b = order(), order()
+    assert await slot.handle_many([a, b, a]) == [True, True, False]
+    assert await slot.handle_many([b, a]) == [False, False]
+    assert calls == Counter({a.message_id: 1, b.message_id: 1})
+    assert effects(dsn) == calls
+
+
+async def test_a_failing_handler_falls_back_to_savepoints(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    slot, calls = setup
+    a, poison, c = order(), order(POISON), order()
+    results = await slot.handle_many([a, poison, c, a])
+    assert results[0] is True and results[2] is True and results[3] is False
+    assert isinstance(results[1], ValueError)
+    # The optimistic pass ran a and the poison, then rolled back; the savepoint pass ran all.
+    assert calls == Counter({a.message_id: 2, poison.message_id: 2, c.message_id: 1})
+    assert effects(dsn) == Counter({a.message_id: 1, c.message_id: 1})
+    # A cautious batch (it holds a redelivery) goes to savepoints at once.
+    results = await slot.handle_many([poison], cautious=True)
+    assert isinstance(results[0], ValueError) and calls[poison.message_id] == 3
+
+
+async def test_an_unknown_topic_is_reported_per_message(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    slot, calls = setup
+    a, stray = order(), order(topic="invoices.created")
+    results = await slot.handle_many([a, stray])
+    assert results[0] is True and type(results[1]).__name__ == "NoHandler"
+    assert calls == Counter({a.message_id: 1}) and effects(dsn) == calls
