@@ -37,6 +37,7 @@ gets them back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -62,6 +63,7 @@ _log = logging.getLogger(__name__)
 
 MIN_WAIT = 0.05  # nats-py refuses a fetch timeout of 0
 _GRACE = 1.0  # beyond `wait`, for the client's bookkeeping; a hang guard only
+_LINGER = MIN_WAIT  # after a first message, how long a batch waits for more that are not ready
 _NOT_A_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _NETWORK_ERRORS = (OSError, nats.errors.Error)
 
@@ -363,9 +365,20 @@ class NatsConsumer:
         return await self._deliveries(msgs)
 
     async def _pull(self, js: JetStreamContext, max_messages: int, wait: float) -> list[Msg]:
+        """Wait up to `wait` for a first message, then take what else is ready at once.
+
+        One `fetch(max_messages)` would do, but nats-py's long poll, once its first message
+        arrives, waits for the rest of the batch until the timeout: at light load each
+        message would sit out the whole `wait`. A batch of one returns on arrival; the rest
+        comes from a `no_wait` pull, lingering at most `_LINGER` when nothing is ready.
+        """
         sub = self._idle.pop() if self._idle else await self._subscribe(js)
         try:
-            return await sub.fetch(max_messages, timeout=wait)
+            msgs = await sub.fetch(1, timeout=wait)
+            if max_messages > 1:
+                with contextlib.suppress(TimeoutError):
+                    msgs += await sub.fetch(max_messages - 1, timeout=_LINGER)
+            return msgs
         finally:
             self._idle.append(sub)
 
