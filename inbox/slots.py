@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from typing import Any, cast
 from uuid import UUID
 
@@ -17,29 +16,20 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from inbox.inbox import Inbox
+from inbox.optimistic import (
+    CONNECTION_ERRORS,
+    HandlerFailed,
+    handler_failures,
+    optimistic_atransaction,
+    optimistic_transaction,
+)
 from inbox.registry import AsyncHandler, Registration
 from inbox.settings import ConsumerSettings
 from inbox.stored import BatchResult, process_batch_async, process_batch_sync
 from outbox.db import aconnect, connect
 from outbox.message import Message
 
-# Errors that mean the connection (not the message) failed: the batch is abandoned.
-CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 Result = bool | Exception
-
-
-class _HandlerFailed(Exception):
-    """A handler raised in an optimistic batch: roll it back, run it with savepoints."""
-
-
-@contextlib.contextmanager
-def _handler_failures() -> Iterator[None]:
-    try:
-        yield
-    except CONNECTION_ERRORS:
-        raise
-    except Exception as exc:
-        raise _HandlerFailed from exc
 
 
 class Slot:
@@ -59,18 +49,16 @@ class Slot:
 
         The batch first locks its messages in one global order (`lock_messages`), so that
         batches sharing duplicates wait for each other instead of deadlocking. It then runs
-        optimistically: one statement records the whole batch, handlers run without
-        savepoints. If a handler raises, that transaction rolls back and the batch runs again
-        with a savepoint per message, which keeps the others' effects and reports the failure
-        per message: handlers of such a batch run twice, as after any redelivery. A
-        `cautious` batch (one holding a redelivery, which failed before) skips the
-        optimistic pass."""
+        optimistically (`inbox.optimistic`): one statement records the whole batch, handlers
+        run pipelined without savepoints; after any failure it runs again with a savepoint
+        per message. A `cautious` batch (one holding a redelivery, which failed before)
+        skips the optimistic pass."""
         optimistic = not cautious and all(self.inbox.handler_for(m.topic) for m in messages)
         if self._async_handlers:
             aconn = await self._async()
             if optimistic:
-                with contextlib.suppress(_HandlerFailed):
-                    async with aconn.transaction():
+                with contextlib.suppress(HandlerFailed):
+                    async with optimistic_atransaction(aconn):
                         return await self._batch_async(aconn, messages)
             async with aconn.transaction():
                 await aconn.execute(
@@ -92,7 +80,7 @@ class Slot:
         for message in messages:
             registration = self._first_time(message, fresh)
             if registration is not None:
-                with _handler_failures():
+                with handler_failures():
                     await cast(AsyncHandler, registration.handler)(aconn, message)
             results.append(registration is not None)
         return results
@@ -101,7 +89,7 @@ class Slot:
         self, conn: psycopg.Connection[Any], messages: list[Message], optimistic: bool
     ) -> list[Result]:
         if optimistic:
-            with contextlib.suppress(_HandlerFailed), conn.transaction():
+            with contextlib.suppress(HandlerFailed), optimistic_transaction(conn):
                 return self._batch_sync(conn, messages)
         with conn.transaction():
             conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
@@ -117,7 +105,7 @@ class Slot:
         for message in messages:
             registration = self._first_time(message, fresh)
             if registration is not None:
-                with _handler_failures():
+                with handler_failures():
                     registration.handler(conn, message)
             results.append(registration is not None)
         return results

@@ -1,12 +1,15 @@
 """Durable mode: process stored messages in batches, per key in order, with retries.
 
 One transaction per batch: claim the heads of their keys (SKIP LOCKED, so workers share),
-run each handler under a savepoint, then mark the batch processed, failed (backoff) or dead
-in the same transaction. The sync and async twins below differ only in `await`.
+run the handlers, then mark the batch processed, failed (backoff) or dead in the same
+transaction. The handlers first run optimistically (`inbox.optimistic`: pipelined, no
+savepoints); after any failure, or when a claimed message failed before, the batch runs
+with a savepoint per handler. The sync and async twins below differ only in `await`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -14,6 +17,12 @@ from typing import Any, cast
 import psycopg
 
 from inbox.inbox import Inbox, NoHandler
+from inbox.optimistic import (
+    HandlerFailed,
+    handler_failures,
+    optimistic_atransaction,
+    optimistic_transaction,
+)
 from inbox.registry import AsyncHandler, SyncHandler
 from inbox.settings import ConsumerSettings
 from outbox.backoff import message_backoff
@@ -106,6 +115,15 @@ def process_batch_sync(
     inbox: Inbox, conn: psycopg.Connection[Any], settings: ConsumerSettings
 ) -> BatchResult:
     """Claim and handle one batch with sync handlers on a sync connection."""
+    with contextlib.suppress(HandlerFailed), optimistic_transaction(conn):
+        rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
+        result = BatchResult()
+        for stored in _first_tries(rows.fetchall()):
+            with handler_failures():
+                cast(SyncHandler, _handler(inbox, stored.message))(conn, stored.message)
+            result.done.append(stored.seq)
+        _settle_sync(inbox, conn, result, settings)
+        return result
     result = BatchResult()
     with conn.transaction():
         rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
@@ -117,8 +135,7 @@ def process_batch_sync(
                 result.done.append(stored.seq)
             except Exception as exc:  # noqa: BLE001 - a handler's failure is data here
                 result.failed(stored, exc, settings)
-        for name, params in _settle_params(inbox, result, settings.keep_payload):
-            conn.execute(inbox.queries[name], params)
+        _settle_sync(inbox, conn, result, settings)
     return result
 
 
@@ -126,10 +143,21 @@ async def process_batch_async(
     inbox: Inbox, conn: psycopg.AsyncConnection[Any], settings: ConsumerSettings
 ) -> BatchResult:
     """Claim and handle one batch with async handlers on an async connection."""
+    claim = inbox.queries["claim"], _claim_params(inbox, settings.batch_size)
+    with contextlib.suppress(HandlerFailed):
+        async with optimistic_atransaction(conn):
+            rows = await (await conn.execute(*claim)).fetchall()
+            result = BatchResult()
+            for stored in _first_tries(rows):
+                with handler_failures():
+                    await cast(AsyncHandler, _handler(inbox, stored.message))(conn, stored.message)
+                result.done.append(stored.seq)
+            await _settle_async(inbox, conn, result, settings)
+            return result
     result = BatchResult()
     async with conn.transaction():
-        rows = await conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
-        for stored in [to_stored(row) for row in await rows.fetchall()]:
+        rows = await (await conn.execute(*claim)).fetchall()
+        for stored in [to_stored(row) for row in rows]:
             try:
                 async with conn.transaction():
                     handler = cast(AsyncHandler, _handler(inbox, stored.message))
@@ -137,9 +165,34 @@ async def process_batch_async(
                 result.done.append(stored.seq)
             except Exception as exc:  # noqa: BLE001 - a handler's failure is data here
                 result.failed(stored, exc, settings)
-        for name, params in _settle_params(inbox, result, settings.keep_payload):
-            await conn.execute(inbox.queries[name], params)
+        await _settle_async(inbox, conn, result, settings)
     return result
+
+
+def _first_tries(rows: Sequence[Sequence[Any]]) -> list[StoredMessage]:
+    """The claimed batch for the optimistic pass; a message that failed before (it has
+    attempts) sends the batch to the careful pass at once, instead of failing it twice."""
+    batch = [to_stored(row) for row in rows]
+    if any(stored.attempts for stored in batch):
+        raise HandlerFailed
+    return batch
+
+
+def _settle_sync(
+    inbox: Inbox, conn: psycopg.Connection[Any], result: BatchResult, settings: ConsumerSettings
+) -> None:
+    for name, params in _settle_params(inbox, result, settings.keep_payload):
+        conn.execute(inbox.queries[name], params)
+
+
+async def _settle_async(
+    inbox: Inbox,
+    conn: psycopg.AsyncConnection[Any],
+    result: BatchResult,
+    settings: ConsumerSettings,
+) -> None:
+    for name, params in _settle_params(inbox, result, settings.keep_payload):
+        await conn.execute(inbox.queries[name], params)
 
 
 def _handler(inbox: Inbox, message: Message) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from outbox.ids import uuid7
 from outbox.message import Message
 
 POISON = b'{"poison": true}'
+BAD_SQL = UUID("00000000-0000-0000-0000-00000000bad0")  # the effects table refuses it
 
 
 def effects(dsn: str) -> Counter[Any]:
@@ -59,7 +61,10 @@ async def setup(
     request: pytest.FixtureRequest, dsn: str
 ) -> AsyncIterator[tuple[Slot, Counter[Any]]]:
     with psycopg.connect(dsn) as conn:
-        conn.execute("CREATE TABLE batch_effects (message_id uuid NOT NULL)")
+        conn.execute(
+            "CREATE TABLE batch_effects (message_id uuid NOT NULL, "
+            "CHECK (message_id <> '00000000-0000-0000-0000-00000000bad0'))"
+        )
     calls: Counter[Any] = Counter()
     slot = Slot(make_inbox(request.param, calls), ConsumerSettings(dsn=dsn, broker_url="x://"))
     try:
@@ -103,3 +108,36 @@ async def test_an_unknown_topic_is_reported_per_message(
     results = await slot.handle_many([a, stray])
     assert results[0] is True and type(results[1]).__name__ == "NoHandler"
     assert calls == Counter({a.message_id: 1}) and effects(dsn) == calls
+
+
+async def test_a_failing_statement_surfaces_at_the_pipeline_sync_and_falls_back(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    """In the pipelined pass a handler's failed INSERT raises only when the batch syncs;
+    the batch then reruns with savepoints and only the bad message fails."""
+    slot, calls = setup
+    assert not calls
+    a, c = order(), order()
+    bad = Message(message_id=BAD_SQL, topic="orders.created", payload=b"{}", key=None)
+    results = await slot.handle_many([a, bad, c])
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], psycopg.errors.CheckViolation)
+    assert effects(dsn) == Counter({a.message_id: 1, c.message_id: 1})
+
+
+async def test_durable_batches_fall_back_the_same_way(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    slot, calls = setup
+    a, poison, c = order(), order(POISON), order()
+    bad = Message(message_id=BAD_SQL, topic="orders.created", payload=b"{}", key=None)
+    await slot.store([a, poison, bad, c])
+    result = await slot.process_stored()
+    assert len(result.done) == 2 and len(result.retry) == 2
+    assert effects(dsn) == Counter({a.message_id: 1, c.message_id: 1})
+    assert calls[a.message_id] == 2  # the optimistic pass, rolled back, then the careful one
+    # Stored rows that failed before go straight to the careful pass.
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE outboxkit.inbox_messages SET available_at = now()")
+    result = await slot.process_stored()
+    assert len(result.retry) == 2 and calls[poison.message_id] == 3
