@@ -111,7 +111,8 @@ class Cycle:
         result = CycleResult()
         if self._at_most_once:
             await self._run_at_most_once(conn, partitions, result)
-        async with conn.transaction():
+        # Pipelined: BEGIN travels with the claim, the settle statement with COMMIT.
+        async with conn.pipeline(), conn.transaction():
             cursor = await conn.execute(
                 self.queries["claim"],
                 {
@@ -138,7 +139,7 @@ class Cycle:
     async def _run_at_most_once(
         self, conn: psycopg.AsyncConnection[Any], partitions: list[int], result: CycleResult
     ) -> None:
-        async with conn.transaction():
+        async with conn.pipeline(), conn.transaction():
             cursor = await conn.execute(
                 self.queries["claim_at_most_once"],
                 {
