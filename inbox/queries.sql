@@ -68,14 +68,14 @@ FOR UPDATE OF m SKIP LOCKED
 UPDATE {inbox_messages}
 SET processed_at = now(), last_error = NULL,
     payload = CASE WHEN %(keep_payload)s THEN payload END
-WHERE consumer = %(consumer)s AND seq = ANY (%(seqs)s::bigint[])
+WHERE consumer = %(consumer)s AND seq = ANY (%(seqs)s::bigint[]) AND processed_at IS NULL
 
 -- name: mark_failed
 UPDATE {inbox_messages} AS m
 SET attempts = m.attempts + 1, last_error = f.error,
     available_at = now() + f.delay * interval '1 second'
 FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[]) AS f(seq, error, delay)
-WHERE m.consumer = %(consumer)s AND m.seq = f.seq
+WHERE m.consumer = %(consumer)s AND m.seq = f.seq AND m.processed_at IS NULL
 
 -- name: bury_stored
 -- Durable mode, attempts exhausted: copy to the dead letters and close the row (the dedup
@@ -84,7 +84,7 @@ WITH closed AS (
     UPDATE {inbox_messages} AS m
     SET processed_at = now(), attempts = m.attempts + 1, last_error = f.error
     FROM unnest(%(seqs)s::bigint[], %(errors)s::text[]) AS f(seq, error)
-    WHERE m.consumer = %(consumer)s AND m.seq = f.seq
+    WHERE m.consumer = %(consumer)s AND m.seq = f.seq AND m.processed_at IS NULL
     RETURNING m.*
 )
 INSERT INTO {inbox_dead_letters}

@@ -23,15 +23,17 @@ FOR UPDATE OF m SKIP LOCKED
 
 -- name: claim_at_most_once
 -- At-most-once topics: deleted (and committed) before they are published; never retried.
+-- `id = ANY (ARRAY(…))` rather than `id IN (…)`: the planner then deletes by the primary key
+-- instead of hash-joining the claimed ids against a sequential scan of the whole backlog.
 DELETE FROM {outbox_messages} AS m
-WHERE m.id IN (
+WHERE m.id = ANY (ARRAY(
     SELECT id FROM {outbox_messages}
     WHERE partition = ANY (%(partitions)s::smallint[])
       AND available_at <= now()
       AND topic LIKE ANY (%(at_most_once)s::text[])
     ORDER BY id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
 RETURNING m.id, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers,
           m.created_at, m.attempts, m.partition
 
