@@ -10,6 +10,8 @@ makes one insert of its own (`bench_handled`). Rates come from the handlers' own
 - ours, durable: `--mode durable` (store and ack, then inbox workers claim in batches).
 - ours, durable workers alone: N messages already stored; `--broker postgresql://…` runs
   only the workers.
+- ceiling: only the handlers' own INSERTs, pipelined, 100 per transaction, one connection:
+  what durable workers would reach if the framework cost nothing.
 - reference: a raw loop in Python with the same shape (4 tasks, fetch 100, one transaction
   per batch: `INSERT INTO inbox_messages … ON CONFLICT DO NOTHING` per message plus the same
   handler insert, commit, then ack), with no framework around it.
@@ -32,6 +34,7 @@ from benchmarks.model import Result, Row, Target
 from benchmarks.relays import Children, cli
 from inbox import Inbox
 from outbox.envelope import to_headers
+from outbox.ids import uuid7
 
 NAME = "inbox"
 TITLE = "Inbox throughput"
@@ -122,6 +125,19 @@ async def raw_consume(js: Any, stream: str, dsn: str, count: int) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
+def handler_ceiling(dsn: str, count: int) -> float:
+    """Messages/s if the framework cost nothing: only each handler's own INSERT, in psycopg
+    pipeline mode, 100 per transaction, one connection (the GIL makes more threads moot)."""
+    ids = [uuid7() for _ in range(count)]
+    with _connect(dsn) as conn:
+        started = time.perf_counter()
+        for first in range(0, count, BATCH):
+            with conn.pipeline(), conn.transaction():
+                for message_id in ids[first : first + BATCH]:
+                    conn.execute(RECORD, (message_id,))
+        return count / (time.perf_counter() - started)
+
+
 def store(dsn: str, consumer: str, count: int) -> None:
     """`count` messages stored for `consumer`'s durable workers, as the runner stores them."""
     inbox = Inbox(consumer=consumer)
@@ -180,12 +196,22 @@ async def run(ctx: Context) -> Result:
         ctx.log("inbox: ours, durable workers on stored messages")
         store(dsn, "bench-inbox-stored", count)
         workers = await run_ours(ctx, dsn, dsn, "stored", "durable", count)
+        truncate(dsn)
+        ctx.log("inbox: ceiling, the handlers' own statements alone, pipelined")
+        ceiling = await asyncio.to_thread(handler_ceiling, dsn, count)
         ctx.shared["inbox_rate"] = idempotent
         raw_label = "raw INSERT … ON CONFLICT"
         result.rows += [
             Row("idempotent mode", idempotent, "msg/s", raw, raw_label, chart=True),
             Row("durable mode (store, ack, workers)", durable, "msg/s", raw, raw_label, chart=True),
             Row("durable workers alone (stored rows)", workers, "msg/s", raw, raw_label),
+            Row(
+                "durable workers alone, vs the handlers' ceiling",
+                workers,
+                "msg/s",
+                ceiling,
+                "only the handler INSERTs, pipelined, 100 per tx",
+            ),
         ]
         result.targets += [
             Target("idempotent ÷ raw ≥ 0.9", idempotent / raw if raw else None, 0.9),

@@ -34,12 +34,14 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._exact: dict[str, Registration] = {}
         self._patterns: list[Registration] = []
+        self._found: dict[str, Registration | None] = {}  # topic -> match, remembered
 
     def add(self, pattern: str, handler: Handler) -> None:
         """Register `handler` for `pattern`; a second handler for the same pattern is an error."""
         if not pattern:
             raise ValueError("a handler needs a non-empty topic pattern")
         registration = Registration(pattern, handler, inspect.iscoroutinefunction(handler))
+        self._found.clear()
         if "*" in pattern:
             if any(r.pattern == pattern for r in self._patterns):
                 raise ValueError(f"a handler for {pattern!r} is already registered")
@@ -51,13 +53,16 @@ class HandlerRegistry:
 
     def find(self, topic: str) -> Registration | None:
         """The registration handling `topic`, or None."""
-        exact = self._exact.get(topic)
-        if exact is not None:
-            return exact
-        for registration in self._patterns:
-            if _pattern(registration.pattern).fullmatch(topic):
-                return registration
-        return None
+        try:
+            return self._found[topic]
+        except KeyError:
+            pass
+        found = self._exact.get(topic) or next(
+            (r for r in self._patterns if _pattern(r.pattern).fullmatch(topic)), None
+        )
+        if len(self._found) < _REMEMBERED_TOPICS:
+            self._found[topic] = found
+        return found
 
     def registrations(self) -> list[Registration]:
         """Every registration."""
@@ -66,6 +71,9 @@ class HandlerRegistry:
     def patterns(self) -> list[str]:
         """Every registered pattern (for broker subscriptions)."""
         return [*self._exact, *(r.pattern for r in self._patterns)]
+
+
+_REMEMBERED_TOPICS = 10_000
 
 
 @cache

@@ -77,12 +77,12 @@ class Slot:
         )
         fresh = {row[0] for row in await cursor.fetchall()}
         results: list[Result] = []
-        for message in messages:
-            registration = self._first_time(message, fresh)
-            if registration is not None:
-                with handler_failures():
+        with handler_failures():
+            for message in messages:
+                registration = self._first_time(message, fresh)
+                if registration is not None:
                     await cast(AsyncHandler, registration.handler)(aconn, message)
-            results.append(registration is not None)
+                results.append(registration is not None)
         return results
 
     def _handle_many_sync(
@@ -102,12 +102,12 @@ class Slot:
         )
         fresh = {row[0] for row in cursor.fetchall()}
         results: list[Result] = []
-        for message in messages:
-            registration = self._first_time(message, fresh)
-            if registration is not None:
-                with handler_failures():
+        with handler_failures():
+            for message in messages:
+                registration = self._first_time(message, fresh)
+                if registration is not None:
                     registration.handler(conn, message)
-            results.append(registration is not None)
+                results.append(registration is not None)
         return results
 
     def _first_time(self, message: Message, fresh: set[UUID]) -> Registration | None:

@@ -118,10 +118,10 @@ def process_batch_sync(
     with contextlib.suppress(HandlerFailed), optimistic_transaction(conn):
         rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
         result = BatchResult()
-        for stored in _first_tries(rows.fetchall()):
-            with handler_failures():
+        with handler_failures():
+            for stored in _first_tries(rows.fetchall()):
                 cast(SyncHandler, _handler(inbox, stored.message))(conn, stored.message)
-            result.done.append(stored.seq)
+                result.done.append(stored.seq)
         _settle_sync(inbox, conn, result, settings)
         return result
     result = BatchResult()
@@ -148,10 +148,11 @@ async def process_batch_async(
         async with optimistic_atransaction(conn):
             rows = await (await conn.execute(*claim)).fetchall()
             result = BatchResult()
-            for stored in _first_tries(rows):
-                with handler_failures():
-                    await cast(AsyncHandler, _handler(inbox, stored.message))(conn, stored.message)
-                result.done.append(stored.seq)
+            with handler_failures():
+                for stored in _first_tries(rows):
+                    handler = cast(AsyncHandler, _handler(inbox, stored.message))
+                    await handler(conn, stored.message)
+                    result.done.append(stored.seq)
             await _settle_async(inbox, conn, result, settings)
             return result
     result = BatchResult()
