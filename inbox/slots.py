@@ -146,7 +146,7 @@ class Slot:
         """Store messages for the durable workers (duplicates dropped), committed. Locked
         first like `handle_many`: two stores of shuffled duplicates would deadlock too."""
         aconn = await self._async()
-        async with aconn.transaction():
+        async with aconn.pipeline(), aconn.transaction():  # one round trip, COMMIT included
             await aconn.execute(
                 self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
             )

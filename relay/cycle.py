@@ -113,6 +113,7 @@ class Cycle:
             await self._run_at_most_once(conn, partitions, result)
         # Pipelined: BEGIN travels with the claim, the settle statement with COMMIT.
         async with conn.pipeline(), conn.transaction():
+            await conn.execute(self.queries["settle_lazily"])
             cursor = await conn.execute(
                 self.queries["claim"],
                 {
