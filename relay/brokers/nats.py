@@ -45,7 +45,7 @@ from outbox.errors import BrokerUnavailable, ConfigurationError
 from outbox.message import Message
 from outbox.nats_url import NatsOptions, subject_matches, valid_subject
 from relay.brokers.base import Capabilities, Outcome
-from relay.brokers.nats_acks import NO_RESPONDERS_CODE, AckInbox, AckRound, ack_error
+from relay.brokers.nats_acks import AckInbox, AckRound, ack_error, no_responders
 
 _log = logging.getLogger(__name__)
 
@@ -264,13 +264,10 @@ class NatsPublisher:
 
     def _read_ack(self, reply: Msg) -> Outcome:
         """The outcome a PubAck reports; one marked `duplicate` counts as acked too."""
-        error = ack_error(reply)
-        if error is None:
-            return Outcome.ok()
-        code, err_code, description = error
-        if code == NO_RESPONDERS_CODE:
+        if no_responders(reply):
             return Outcome.unreachable(f"JetStream did not answer for stream {self.options.stream}")
-        return _api_error(code, err_code, description)
+        error = ack_error(reply)
+        return Outcome.ok() if error is None else _api_error(*error)
 
     def _failed(self, exc: BaseException) -> Outcome:
         """The outcome for an error from sending a message or from its PubAck."""

@@ -22,7 +22,6 @@ from relay.brokers.base import Outcome
 
 STATUS = "Status"
 NO_RESPONDERS = "503"
-NO_RESPONDERS_CODE = 503
 
 
 class AckRound:
@@ -89,13 +88,13 @@ class AckInbox:
             ack_round.settle(index, self._read_ack(msg))
 
 
-def ack_error(msg: Msg) -> tuple[int | None, int | None, str] | None:
-    """(code, err_code, description) if the reply is a JetStream error, else None.
+def no_responders(msg: Msg) -> bool:
+    """The server's own status reply: no stream listens on the subject."""
+    return bool(msg.headers) and msg.headers.get(STATUS) == NO_RESPONDERS  # type: ignore[union-attr]
 
-    A no-responders status (no stream listens on the subject) reads as code 503.
-    """
-    if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
-        return NO_RESPONDERS_CODE, None, "no responders"
+
+def ack_error(msg: Msg) -> tuple[int | None, int | None, str] | None:
+    """(code, err_code, description) if the reply is a JetStream error, else None."""
     if b'"error"' not in msg.data:
         return None
     try:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import nats
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, StreamConfig
 
 from outbox.envelope import from_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError
@@ -138,6 +139,45 @@ async def test_unroutable_and_invalid_topics_are_rejected(nats_server: NatsServe
         assert "no subject of stream" in (outcomes[1].error or "")
     finally:
         await publisher.close()
+
+
+async def test_jetstream_error_replies_are_failures_not_acks(nats_server: NatsServer) -> None:
+    """PubAcks are read off the reply subjects: an error reply must fail its message."""
+    stream = unique_stream()
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(
+            StreamConfig(
+                name=stream, subjects=[prefix(stream) + ">"], max_msgs=2, discard=DiscardPolicy.NEW
+            )
+        )
+    finally:
+        await nc.close()
+    url = f"{nats_server.url}?stream={stream}&subject_prefix={prefix(stream)}"
+    publisher = create_publisher(url)
+    await publisher.connect()
+    try:
+        outcomes = await publisher.publish(sample_messages(4))
+        assert [o.acked for o in outcomes] == [True, True, False, False]
+        assert all(o.retriable for o in outcomes[2:])
+        assert "JetStream error 503" in (outcomes[2].error or ""), outcomes[2]
+    finally:
+        await publisher.close()
+
+
+async def test_a_stream_gone_after_connect_means_unreachable(
+    publisher: NatsPublisher, nats_server: NatsServer, stream: str
+) -> None:
+    """No stream listens on the subject any more: JetStream's no-responders status."""
+    assert all(o.acked for o in await publisher.publish(sample_messages(2)))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    finally:
+        await nc.close()
+    outcomes = await publisher.publish(sample_messages(3))
+    assert [o.acked for o in outcomes] == [False] * 3
+    assert all(o.unavailable for o in outcomes), outcomes
 
 
 async def test_broker_restart_gives_retriable_outcomes_then_recovers() -> None:
