@@ -44,3 +44,7 @@ durable.handler("*")(record)
 
 stored = Inbox(consumer="bench-inbox-stored")
 stored.handler("*")(record)
+
+# The same, opted in to pipelined handlers.
+pipelined = Inbox(consumer="bench-inbox-pipelined", pipelined=True)
+pipelined.handler("*")(record)

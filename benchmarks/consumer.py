@@ -10,6 +10,7 @@ makes one insert of its own (`bench_handled`). Rates come from the handlers' own
 - ours, durable: `--mode durable` (store and ack, then inbox workers claim in batches).
 - ours, durable workers alone: N messages already stored; `--broker postgresql://…` runs
   only the workers.
+- ours, durable workers alone with `Inbox(pipelined=True)` (handlers in pipeline mode).
 - ceiling: only the handlers' own INSERTs, pipelined, 100 per transaction, one connection:
   what durable workers would reach if the framework cost nothing.
 - reference: a raw loop in Python with the same shape (4 tasks, fetch 100, one transaction
@@ -197,6 +198,10 @@ async def run(ctx: Context) -> Result:
         store(dsn, "bench-inbox-stored", count)
         workers = await run_ours(ctx, dsn, dsn, "stored", "durable", count)
         truncate(dsn)
+        ctx.log("inbox: ours, durable workers on stored messages, pipelined handlers")
+        store(dsn, "bench-inbox-pipelined", count)
+        pipelined = await run_ours(ctx, dsn, dsn, "pipelined", "durable", count)
+        truncate(dsn)
         ctx.log("inbox: ceiling, the handlers' own statements alone, pipelined")
         ceiling = await asyncio.to_thread(handler_ceiling, dsn, count)
         ctx.shared["inbox_rate"] = idempotent
@@ -206,8 +211,15 @@ async def run(ctx: Context) -> Result:
             Row("durable mode (store, ack, workers)", durable, "msg/s", raw, raw_label, chart=True),
             Row("durable workers alone (stored rows)", workers, "msg/s", raw, raw_label),
             Row(
-                "durable workers alone, vs the handlers' ceiling",
+                "durable workers alone, Inbox(pipelined=True)",
+                pipelined,
+                "msg/s",
                 workers,
+                "durable workers alone, default",
+            ),
+            Row(
+                "durable workers alone, pipelined, vs the handlers' ceiling",
+                pipelined,
                 "msg/s",
                 ceiling,
                 "only the handler INSERTs, pipelined, 100 per tx",
@@ -217,6 +229,9 @@ async def run(ctx: Context) -> Result:
             Target("idempotent ÷ raw ≥ 0.9", idempotent / raw if raw else None, 0.9),
             Target("durable mode ≥ 10,000 msg/s", durable, 10_000, unit="msg/s"),
             Target("durable workers alone ≥ 10,000 msg/s", workers, 10_000, unit="msg/s"),
+            Target(
+                "durable workers alone, pipelined ≥ 10,000 msg/s", pipelined, 10_000, unit="msg/s"
+            ),
         ]
         result.notes.append(
             f"{count:,} messages of ~170 bytes; consumer defaults (batch {BATCH}, concurrency "

@@ -32,13 +32,22 @@ class Inbox:
 
     `handle` and `ahandle` never commit: the dedup row, the handler's writes and any
     `outbox.write` the handler makes commit together when the caller commits.
+
+    `pipelined=True` lets the consumer runner run the handlers of a batch in psycopg
+    pipeline mode (their statements share round trips). Only for handlers that read results
+    by fetching them: in pipeline mode `cursor.rowcount` is not known right after
+    `execute`, and COPY and server-side cursors are refused.
     """
 
-    def __init__(self, consumer: str, *, schema: str = "outboxkit") -> None:
+    def __init__(
+        self, consumer: str, *, schema: str = "outboxkit", pipelined: bool = False
+    ) -> None:
         if not consumer or len(consumer) > 200:
             raise ConfigurationError("consumer must be a non-empty name of at most 200 characters")
         self.consumer = consumer
         self.schema = schema
+        # The runner may run these handlers in psycopg pipeline mode (`inbox.optimistic`).
+        self.pipelined = pipelined
         self.registry = HandlerRegistry()
         self.queries = bound(schema)
 
@@ -91,10 +100,6 @@ class Inbox:
                 "one kind (call handle/ahandle yourself to mix them)"
             )
         return kinds == {True}
-
-    def handles(self, topic: str) -> bool:
-        """Whether a handler is registered for `topic`."""
-        return self.registry.find(topic) is not None
 
     def handler_for(self, topic: str) -> Registration | None:
         """The registration that handles `topic`, if any."""

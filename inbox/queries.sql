@@ -156,3 +156,15 @@ SET payload = NULL, headers = NULL
 WHERE (%(consumer)s::text IS NULL OR consumer = %(consumer)s::text)
   AND processed_at < now() - %(older_than)s * interval '1 second'
   AND payload IS NOT NULL
+
+-- name: savepoint
+-- The careful pass's savepoint around one message. Managed by hand, not with a nested
+-- `conn.transaction()`: when a handler swallows its own SQL error, psycopg's RELEASE fails
+-- and leaves the whole transaction aborted; here a failed RELEASE is rolled back to.
+SAVEPOINT outboxkit_message
+
+-- name: release_savepoint
+RELEASE SAVEPOINT outboxkit_message
+
+-- name: rollback_to_savepoint
+ROLLBACK TO SAVEPOINT outboxkit_message

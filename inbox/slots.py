@@ -17,9 +17,11 @@ from psycopg.types.json import Jsonb
 
 from inbox.inbox import Inbox
 from inbox.optimistic import (
-    CONNECTION_ERRORS,
     HandlerFailed,
+    amessage_savepoint,
+    connection_lost,
     handler_failures,
+    message_savepoint,
     optimistic_atransaction,
     optimistic_transaction,
 )
@@ -58,7 +60,7 @@ class Slot:
             aconn = await self._async()
             if optimistic:
                 with contextlib.suppress(HandlerFailed):
-                    async with optimistic_atransaction(aconn):
+                    async with optimistic_atransaction(aconn, self.inbox.pipelined):
                         return await self._batch_async(aconn, messages)
             async with aconn.transaction():
                 await aconn.execute(
@@ -77,7 +79,7 @@ class Slot:
         )
         fresh = {row[0] for row in await cursor.fetchall()}
         results: list[Result] = []
-        with handler_failures():
+        with handler_failures(aconn):
             for message in messages:
                 registration = self._first_time(message, fresh)
                 if registration is not None:
@@ -89,7 +91,10 @@ class Slot:
         self, conn: psycopg.Connection[Any], messages: list[Message], optimistic: bool
     ) -> list[Result]:
         if optimistic:
-            with contextlib.suppress(HandlerFailed), optimistic_transaction(conn):
+            with (
+                contextlib.suppress(HandlerFailed),
+                optimistic_transaction(conn, self.inbox.pipelined),
+            ):
                 return self._batch_sync(conn, messages)
         with conn.transaction():
             conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
@@ -102,7 +107,7 @@ class Slot:
         )
         fresh = {row[0] for row in cursor.fetchall()}
         results: list[Result] = []
-        with handler_failures():
+        with handler_failures(conn):
             for message in messages:
                 registration = self._first_time(message, fresh)
                 if registration is not None:
@@ -119,20 +124,20 @@ class Slot:
 
     async def _one_async(self, aconn: psycopg.AsyncConnection[Any], message: Message) -> Result:
         try:
-            async with aconn.transaction():
+            async with amessage_savepoint(aconn, self.inbox.queries):
                 return await self.inbox.ahandle(aconn, message)
-        except CONNECTION_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the handler's failure, reported per message
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) and connection_lost(aconn):
+                raise
             return exc
 
     def _one_sync(self, conn: psycopg.Connection[Any], message: Message) -> Result:
         try:
-            with conn.transaction():
+            with message_savepoint(conn, self.inbox.queries):
                 return self.inbox.handle(conn, message)
-        except CONNECTION_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the handler's failure, reported per message
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) and connection_lost(conn):
+                raise
             return exc
 
     async def process_stored(self) -> BatchResult:

@@ -19,7 +19,10 @@ import psycopg
 from inbox.inbox import Inbox, NoHandler
 from inbox.optimistic import (
     HandlerFailed,
+    amessage_savepoint,
+    connection_lost,
     handler_failures,
+    message_savepoint,
     optimistic_atransaction,
     optimistic_transaction,
 )
@@ -115,10 +118,10 @@ def process_batch_sync(
     inbox: Inbox, conn: psycopg.Connection[Any], settings: ConsumerSettings
 ) -> BatchResult:
     """Claim and handle one batch with sync handlers on a sync connection."""
-    with contextlib.suppress(HandlerFailed), optimistic_transaction(conn):
+    with contextlib.suppress(HandlerFailed), optimistic_transaction(conn, inbox.pipelined):
         rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
         result = BatchResult()
-        with handler_failures():
+        with handler_failures(conn):
             for stored in _first_tries(rows.fetchall()):
                 cast(SyncHandler, _handler(inbox, stored.message))(conn, stored.message)
                 result.done.append(stored.seq)
@@ -129,11 +132,13 @@ def process_batch_sync(
         rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
         for stored in [to_stored(row) for row in rows.fetchall()]:
             try:
-                with conn.transaction():
+                with message_savepoint(conn, inbox.queries):
                     handler = cast(SyncHandler, _handler(inbox, stored.message))
                     handler(conn, stored.message)
                 result.done.append(stored.seq)
-            except Exception as exc:  # noqa: BLE001 - a handler's failure is data here
+            except Exception as exc:
+                if isinstance(exc, psycopg.Error) and connection_lost(conn):
+                    raise
                 result.failed(stored, exc, settings)
         _settle_sync(inbox, conn, result, settings)
     return result
@@ -145,10 +150,10 @@ async def process_batch_async(
     """Claim and handle one batch with async handlers on an async connection."""
     claim = inbox.queries["claim"], _claim_params(inbox, settings.batch_size)
     with contextlib.suppress(HandlerFailed):
-        async with optimistic_atransaction(conn):
+        async with optimistic_atransaction(conn, inbox.pipelined):
             rows = await (await conn.execute(*claim)).fetchall()
             result = BatchResult()
-            with handler_failures():
+            with handler_failures(conn):
                 for stored in _first_tries(rows):
                     handler = cast(AsyncHandler, _handler(inbox, stored.message))
                     await handler(conn, stored.message)
@@ -160,11 +165,13 @@ async def process_batch_async(
         rows = await (await conn.execute(*claim)).fetchall()
         for stored in [to_stored(row) for row in rows]:
             try:
-                async with conn.transaction():
+                async with amessage_savepoint(conn, inbox.queries):
                     handler = cast(AsyncHandler, _handler(inbox, stored.message))
                     await handler(conn, stored.message)
                 result.done.append(stored.seq)
-            except Exception as exc:  # noqa: BLE001 - a handler's failure is data here
+            except Exception as exc:
+                if isinstance(exc, psycopg.Error) and connection_lost(conn):
+                    raise
                 result.failed(stored, exc, settings)
         await _settle_async(inbox, conn, result, settings)
     return result

@@ -111,7 +111,7 @@ class Cycle:
         result = CycleResult()
         if self._at_most_once:
             await self._run_at_most_once(conn, partitions, result)
-        # Pipelined: BEGIN travels with the claim, the settle statement with COMMIT.
+        # Pipelined: statements that need no answer (SET LOCAL, the settle) are not waited for.
         async with conn.pipeline(), conn.transaction():
             await conn.execute(self.queries["settle_lazily"])
             cursor = await conn.execute(

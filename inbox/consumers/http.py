@@ -811,7 +811,7 @@ class WebhookApp:
         if isinstance(checked, Answer):
             return checked
         message, attempt = checked.message, checked.attempt
-        if not self.inbox.handles(message.topic):
+        if self.inbox.handler_for(message.topic) is None:
             return _answer(
                 HTTPStatus.UNPROCESSABLE_ENTITY,
                 "no handler",
@@ -831,7 +831,7 @@ class WebhookApp:
             self._give(slot)
 
     async def _handle(self, slot: Slot, message: Message, attempt: int) -> Answer:
-        [result] = await slot.handle_many([message])
+        [result] = await slot.handle_many([message], cautious=attempt > 1)
         ident = str(message.message_id)
         if not isinstance(result, Exception):
             return _answer(HTTPStatus.OK, "handled" if result else "duplicate", message_id=ident)

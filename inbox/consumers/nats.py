@@ -37,7 +37,6 @@ gets them back).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import re
@@ -348,7 +347,7 @@ class NatsConsumer:
             await asyncio.sleep(wait)  # reconnecting; the disconnect was logged
             return []
         try:
-            async with asyncio.timeout(wait + _GRACE):
+            async with asyncio.timeout(wait + _LINGER + _GRACE):
                 if self._stale:
                     await self._prepare(js)
                     self._stale = False
@@ -376,8 +375,12 @@ class NatsConsumer:
         try:
             msgs = await sub.fetch(1, timeout=wait)
             if max_messages > 1:
-                with contextlib.suppress(TimeoutError):
+                try:
                     msgs += await sub.fetch(max_messages - 1, timeout=_LINGER)
+                except TimeoutError:
+                    pass
+                except _NETWORK_ERRORS as exc:  # keep the first message: it was delivered
+                    self._fetch_failed(exc)
             return msgs
         finally:
             self._idle.append(sub)

@@ -80,7 +80,6 @@ class NatsPublisher:
             ordered_per_key=True, broker_dedup=True, max_message_bytes=None
         )
         self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
         self._stream_subjects: tuple[str, ...] = ()
         self._routes: dict[str, Outcome | str] = {}
         self._connect_error: Exception | None = None
@@ -96,7 +95,7 @@ class NatsPublisher:
     async def _connect(self) -> None:
         o = self.options
         nc = Client()
-        self._nc, self._js, self._connect_error = None, None, None
+        self._nc, self._connect_error = None, None
         try:
             async with asyncio.timeout(3 * o.connect_timeout + 1):
                 # nats-py retries inside connect(); these settings make it give up after two
@@ -150,7 +149,7 @@ class NatsPublisher:
             ) from exc
         limit = nc.max_payload if max_msg_size <= 0 else min(nc.max_payload, max_msg_size)
         self.capabilities = replace(self.capabilities, max_message_bytes=limit)
-        self._nc, self._js = nc, js
+        self._nc = nc
 
     async def _ensure_stream(self, js: JetStreamContext) -> int:
         """Look the stream up (creating it if allowed); its max_msg_size."""
@@ -231,7 +230,7 @@ class NatsPublisher:
         )
         outcomes[:] = [down if outcome == late else outcome for outcome in outcomes]
         if self._nc is nc:
-            self._nc = self._js = None
+            self._nc = None
         await _close_quietly(nc)
 
     def _request(self, message: Message, limit: int) -> Outcome | tuple[str, dict[str, str]]:
@@ -273,15 +272,13 @@ class NatsPublisher:
         """The outcome for an error from sending a message or from its PubAck."""
         if isinstance(exc, _CLIENT_REFUSALS):
             return Outcome.reject(f"refused by the NATS client: {type(exc).__name__} {exc}")
-        if isinstance(exc, TimeoutError | nats.js.errors.TooManyStalledMsgsError):
-            return Outcome.retry(f"no PubAck within {self.options.timeout:g}s")
         if isinstance(exc, OSError | nats.errors.Error):
             return Outcome.unreachable(f"NATS connection failed: {self._scrub(exc)}")
         raise exc
 
     async def close(self) -> None:
         """Close the connection; safe to call twice."""
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc = self._nc, None
         if nc is not None:
             await _close_quietly(nc)
 

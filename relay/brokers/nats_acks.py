@@ -104,4 +104,7 @@ def ack_error(msg: Msg) -> tuple[int | None, int | None, str] | None:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return None
-    return error.get("code"), error.get("err_code"), str(error.get("description", ""))
+    code, err_code = (
+        n if isinstance(n, int) else None for n in (error.get("code"), error.get("err_code"))
+    )
+    return code, err_code, str(error.get("description", ""))

@@ -1,9 +1,10 @@
 """A consumer batch in one transaction: the optimistic pass (one statement records the batch,
-handlers run without savepoints) and its fallback to a savepoint per message, for sync and
-async handlers alike."""
+handlers run without savepoints, pipelined if the inbox asks) and its fallback to a savepoint
+per message, for sync and async handlers alike."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,8 @@ from outbox.ids import uuid7
 from outbox.message import Message
 
 POISON = b'{"poison": true}'
+SWALLOW = b'{"swallow": true}'  # the handler catches its own SQL error and carries on
+SLOW = b'{"slow": true}'  # the handler's statement hits statement_timeout
 BAD_SQL = UUID("00000000-0000-0000-0000-00000000bad0")  # the effects table refuses it
 
 
@@ -27,27 +30,43 @@ def effects(dsn: str) -> Counter[Any]:
     return Counter(row[0] for row in rows)
 
 
-def make_inbox(kind: str, calls: Counter[Any]) -> Inbox:
-    ib = Inbox(consumer=f"batches-{kind}")
-    insert = "INSERT INTO batch_effects (message_id) VALUES (%s)"
+INSERT = "INSERT INTO batch_effects (message_id) VALUES (%s)"
+TIMEOUT = "SET LOCAL statement_timeout = '50ms'"
+SLEEP = "SELECT pg_sleep(2)"
 
-    if kind == "sync":
+
+def make_inbox(kind: str, calls: Counter[Any]) -> Inbox:
+    ib = Inbox(consumer=f"batches-{kind}", pipelined=kind.endswith("pipelined"))
+
+    if kind.startswith("sync"):
 
         @ib.handler("orders.*")
         def handle(tx: psycopg.Connection[Any], message: Message) -> None:
             calls[message.message_id] += 1
-            tx.execute(insert, (message.message_id,))
+            tx.execute(INSERT, (message.message_id,))
             if message.payload == POISON:
                 raise ValueError("poison")
+            if message.payload == SWALLOW:
+                with contextlib.suppress(psycopg.errors.CheckViolation):
+                    tx.execute(INSERT, (BAD_SQL,))
+            if message.payload == SLOW:
+                tx.execute(TIMEOUT)
+                tx.execute(SLEEP)
 
     else:
 
         @ib.handler("orders.*")
         async def ahandle(tx: psycopg.AsyncConnection[Any], message: Message) -> None:
             calls[message.message_id] += 1
-            await tx.execute(insert, (message.message_id,))
+            await tx.execute(INSERT, (message.message_id,))
             if message.payload == POISON:
                 raise ValueError("poison")
+            if message.payload == SWALLOW:
+                with contextlib.suppress(psycopg.errors.CheckViolation):
+                    await tx.execute(INSERT, (BAD_SQL,))
+            if message.payload == SLOW:
+                await tx.execute(TIMEOUT)
+                await tx.execute(SLEEP)
 
     return ib
 
@@ -56,7 +75,7 @@ def order(payload: bytes = b"{}", topic: str = "orders.created") -> Message:
     return Message(message_id=uuid7(), topic=topic, payload=payload, key=None)
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "sync-pipelined", "async-pipelined"])
 async def setup(
     request: pytest.FixtureRequest, dsn: str
 ) -> AsyncIterator[tuple[Slot, Counter[Any]]]:
@@ -141,3 +160,31 @@ async def test_durable_batches_fall_back_the_same_way(
         conn.execute("UPDATE outboxkit.inbox_messages SET available_at = now()")
     result = await slot.process_stored()
     assert len(result.retry) == 2 and calls[poison.message_id] == 3
+
+
+async def test_a_handler_that_swallows_its_sql_error_cannot_lose_the_batch(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    """The swallowed error leaves the transaction aborted, and PostgreSQL would answer COMMIT
+    with a silent ROLLBACK: the optimistic pass must notice before reporting success."""
+    slot, _ = setup
+    a, swallow, c = order(), order(SWALLOW), order()
+    results = await slot.handle_many([a, swallow, c])
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], psycopg.Error), results
+    assert effects(dsn) == Counter({a.message_id: 1, c.message_id: 1})
+
+
+async def test_a_statement_timeout_is_the_message_failure_not_a_lost_connection(
+    setup: tuple[Slot, Counter[Any]], dsn: str
+) -> None:
+    slot, _ = setup
+    a, slow, c = order(), order(SLOW), order()
+    results = await slot.handle_many([a, slow, c])
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], psycopg.errors.QueryCanceled), results
+    assert effects(dsn) == Counter({a.message_id: 1, c.message_id: 1})
+    await slot.store([slow2 := order(SLOW), d := order()])
+    result = await slot.process_stored()
+    assert len(result.done) == 1 and len(result.retry) == 1, result
+    assert effects(dsn)[d.message_id] == 1 and effects(dsn)[slow2.message_id] == 0
