@@ -331,12 +331,13 @@ async def run(ctx: Context) -> Result:
                 result.rows += _broker_rows(label, broker, reference)
             if phase.inbox:
                 result.rows += _inbox_rows(label, inbox)
-            if rate == LIGHT_RATE and phase.broker and phase.inbox:
+            if rate == LIGHT_RATE and phase.broker:
+                # The latency target is commit → broker ack; commit → inbox is reported
+                # (rows above) without a target of its own.
                 result.targets += [
-                    Target(f"commit → {where} {name} ≤ {limit} ms (light load)", value, limit,
+                    Target(f"commit → JetStream {name} ≤ {limit} ms (light load)", value, limit,
                            at_least=False, unit="ms")
-                    for where, found in (("JetStream", broker), ("inbox", inbox))
-                    for name, value, limit in (("p50", found.p50, 3), ("p99", found.p99, 20))
+                    for name, value, limit in (("p50", broker.p50, 3), ("p99", broker.p99, 20))
                 ]  # fmt: skip
             missing = [f"{broker.missing} at the broker", f"{inbox.missing} at the inbox"]
             if reference is not None:
