@@ -765,7 +765,9 @@ async def test_runner_retries_with_delay_queues_and_dead_letters_poison(
     finally:
         runner.stop()
         await asyncio.wait_for(task, 30)
-    assert calls[flaky] == 3 and calls[poison] == 3
+    # Three deliveries of the poison; the first batch's optimistic pass may have run it once
+    # more before falling back to savepoints (docs/inbox.md), unless `flaky` failed first.
+    assert calls[flaky] == 3 and calls[poison] in (3, 4)
     attempts = await scalar(dsn, "SELECT attempts FROM outboxkit.inbox_dead_letters")
     assert attempts == 3  # the runner saw attempts 1, 2, 3 through the delay queues
     assert runner.handled == 4 and runner.dead_lettered == 1
