@@ -52,9 +52,9 @@ class Slot:
         The batch first locks its messages in one global order (`lock_messages`), so that
         batches sharing duplicates wait for each other instead of deadlocking. It then runs
         optimistically (`inbox.optimistic`): one statement records the whole batch, handlers
-        run pipelined without savepoints; after any failure it runs again with a savepoint
-        per message. A `cautious` batch (one holding a redelivery, which failed before)
-        skips the optimistic pass."""
+        run without savepoints (pipelined if the inbox opted in); after any failure it runs
+        again with a savepoint per message. A `cautious` batch (one holding a redelivery,
+        which failed before) skips the optimistic pass."""
         optimistic = not cautious and all(self.inbox.handler_for(m.topic) for m in messages)
         if self._async_handlers:
             aconn = await self._async()
