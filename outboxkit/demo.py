@@ -13,25 +13,23 @@ databases and the broker, not from anybody's log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
 import migrations
+from outboxkit.demo_counts import STREAM, Counts, counts_reader, watcher
 from outboxkit.devservers import NatsServer, PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
-STREAM = "OUTBOXKIT"
 
 
 @dataclass(frozen=True)
@@ -42,23 +40,6 @@ class DemoOptions:
     data_dir: Path | None = None
     keep_data: bool = False
     timeout: float = 120.0
-
-
-@dataclass
-class Counts:
-    """What the live view shows, read from the databases and the broker."""
-
-    written: int = 0
-    pending: int = 0
-    in_broker: int = 0
-    delivered: int = 0
-    processed: int = 0
-    invoices: int = 0
-    distinct_invoices: int = 0
-
-    @property
-    def duplicates_absorbed(self) -> int:
-        return max(self.delivered - self.processed, 0)
 
 
 @dataclass
@@ -193,7 +174,11 @@ async def drive(
     await create_schema(app.state.engine)
     kills = 0
     redelivered = 0
-    async with watcher(orders_dsn, billing_dsn, nats) as counts, app.router.lifespan_context(app):
+    async with (
+        counts_reader(orders_dsn, billing_dsn, nats) as read,
+        watcher(read) as counts,
+        app.router.lifespan_context(app),
+    ):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://orders") as client:
             placed = 0
@@ -272,62 +257,3 @@ async def redeliver(nats: NatsServer, count: int) -> int:
         return republished
     finally:
         await client.close()
-
-
-@contextlib.asynccontextmanager
-async def watcher(
-    orders_dsn: str, billing_dsn: str, nats: NatsServer
-) -> AsyncIterator[Callable[[], Counts]]:
-    """Refresh the counts in the background; yields a function returning the latest."""
-    latest = Counts()
-
-    async def refresh() -> None:
-        nonlocal latest
-        while True:
-            with contextlib.suppress(Exception):
-                latest = await read_counts(orders_dsn, billing_dsn, nats)
-            await asyncio.sleep(0.2)
-
-    task = asyncio.create_task(refresh())
-    try:
-        yield lambda: latest
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        latest = await read_counts(orders_dsn, billing_dsn, nats)
-
-
-async def read_counts(orders_dsn: str, billing_dsn: str, nats: NatsServer) -> Counts:
-    """Counts from both databases and the broker."""
-    import nats as nats_client
-
-    counts = Counts()
-    async with await psycopg.AsyncConnection.connect(orders_dsn, autocommit=True) as conn:
-        counts.written = await _scalar(conn, "SELECT count(*) FROM orders")
-        counts.pending = await _scalar(conn, "SELECT count(*) FROM outboxkit.outbox_messages")
-    async with await psycopg.AsyncConnection.connect(billing_dsn, autocommit=True) as conn:
-        counts.processed = await _scalar(
-            conn, "SELECT count(*) FROM outboxkit.inbox_messages WHERE consumer = 'billing'"
-        )
-        counts.invoices = await _scalar(conn, "SELECT count(*) FROM invoices")
-        counts.distinct_invoices = await _scalar(
-            conn, "SELECT count(DISTINCT order_id) FROM invoices"
-        )
-    client = await nats_client.connect(nats.url, max_reconnect_attempts=0)
-    try:
-        js = client.jetstream()
-        with contextlib.suppress(Exception):
-            counts.in_broker = (await js.stream_info(STREAM)).state.messages
-        with contextlib.suppress(Exception):
-            consumer = await js.consumer_info(STREAM, "billing")
-            counts.delivered = consumer.delivered.stream_seq
-    finally:
-        await client.close()
-    return counts
-
-
-async def _scalar(conn: psycopg.AsyncConnection[Any], query: str) -> int:
-    cursor = await conn.execute(query)
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0

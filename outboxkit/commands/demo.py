@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from outboxkit.demo import Counts, DemoOptions, Verdict, run_demo
+from outboxkit.demo import DemoOptions, Verdict, run_demo
+from outboxkit.demo_counts import Counts
 
 HEADER = (
     f"{'orders':>8} {'pending':>8} {'in NATS':>8} "
