@@ -4,6 +4,8 @@ Modes (switchable at any time):
 - `pass`: forward both ways.
 - `latency`: forward with an added delay in each direction.
 - `blackhole`: accept connections and read, but forward nothing and answer nothing.
+- `stall`: forward nothing and read nothing more, so the sender's TCP window fills and its
+  writes block (a peer that stopped reading: frozen process, full receive buffer).
 - `refuse`: stop listening (connection refused) and cut every open connection.
 - `drop_replies`: forward client → server, but swallow server → client bytes, then reset
   (the server did the work; the client never hears about it: a lost confirm).
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 from outboxkit.devservers.ports import free_port
 
-MODES = ("pass", "latency", "blackhole", "refuse", "drop_replies")
+MODES = ("pass", "latency", "blackhole", "stall", "refuse", "drop_replies")
 CUTS = ("cut", "cut_after", "cut_on_reply")
 Tap = Callable[[int, bytes, bool], str | None]
 """`tap(connection, data, upstream)`: None to forward `data`, or one of `CUTS`."""
@@ -65,6 +67,8 @@ class FaultProxy:
         self.swallowed: list[bytes] = []
         self._server: asyncio.AbstractServer | None = None
         self._links: set[_Link] = set()
+        self._flowing = asyncio.Event()  # cleared while stalled
+        self._flowing.set()
 
     async def start(self) -> FaultProxy:
         """Start listening."""
@@ -81,6 +85,10 @@ class FaultProxy:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
         self.mode, self.delay = mode, delay
+        if mode == "stall":
+            self._flowing.clear()
+        else:
+            self._flowing.set()
         if mode == "refuse":
             await self._stop_listening()
             self.reset()
@@ -132,7 +140,7 @@ class FaultProxy:
         upstream: bool,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await source.read(65536):
+            while data := await self._read(source):
                 if self.mode == "blackhole":
                     continue
                 if link.cut_on_reply_from_server is (not upstream):
@@ -163,6 +171,11 @@ class FaultProxy:
                     await asyncio.sleep(self.delay)
                 sink.write(data)
                 await sink.drain()
+
+    async def _read(self, source: asyncio.StreamReader) -> bytes:
+        """The next chunk, once the proxy is not stalled (a stalled proxy reads nothing)."""
+        await self._flowing.wait()
+        return await source.read(65536)
 
     def _abort(self, link: _Link) -> None:
         self._links.discard(link)

@@ -40,6 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from outbox import nats_url
+from outbox.bounded import settle_within, wait_until
 from outbox.envelope import to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError
 from outbox.message import Message
@@ -185,24 +186,29 @@ class NatsPublisher:
         late = Outcome.retry(f"no PubAck within {self.options.timeout:g}s")
         outcomes: list[Outcome] = [late] * len(batch)
         acks = AckRound(outcomes)
-        deadline = asyncio.get_running_loop().time() + self.options.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
+        # No asyncio.timeout here: its cancellation can land in nats-py's inline flush (a
+        # batch over the client's pending buffer), which swallows it, and the PubAck wait
+        # after it would then never end on a broker that stopped reading. The deadline is
+        # checked instead, and every await below is bounded on its own.
         try:
-            async with asyncio.timeout_at(deadline):
-                for index, message in enumerate(batch):
-                    request = self._request(message, nc.max_payload)
-                    if isinstance(request, Outcome):
-                        outcomes[index] = request
-                        continue
-                    reply = self._acks.reply_subject(acks, index)
-                    try:
-                        # Only queues the bytes: the whole batch goes out pipelined.
-                        await nc.publish(request[0], message.payload, reply, request[1])
-                    except (*_CLIENT_REFUSALS, OSError, nats.errors.Error) as exc:
-                        outcomes[index] = self._failed(exc)
-                        self._acks.withdraw(reply)
-                await acks.complete.wait()
-        except TimeoutError:
-            pass  # what was not sent or acked in time stays `late`
+            for index, message in enumerate(batch):
+                if loop.time() >= deadline:
+                    break  # what was not sent in time stays `late`
+                request = self._request(message, nc.max_payload)
+                if isinstance(request, Outcome):
+                    outcomes[index] = request
+                    continue
+                reply = self._acks.reply_subject(acks, index)
+                try:
+                    # Queues the bytes (the batch goes out pipelined); past the client's
+                    # pending buffer it flushes inline, bounded by its flush timeout.
+                    await nc.publish(request[0], message.payload, reply, request[1])
+                except (*_CLIENT_REFUSALS, OSError, nats.errors.Error) as exc:
+                    outcomes[index] = self._failed(exc)
+                    self._acks.withdraw(reply)
+            await wait_until(acks.complete, deadline)  # what is not acked by then stays `late`
         finally:
             self._acks.forget(acks)
         if late in outcomes and not any(o.acked for o in outcomes):
@@ -310,9 +316,9 @@ def _api_error(code: int | None, err_code: int | None, description: str) -> Outc
 
 async def _close_quietly(nc: Client) -> None:
     try:
-        async with asyncio.timeout(5):
-            await nc.close()
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        if not await settle_within(nc.close(), 5):
+            _log.debug("closing the NATS connection took over 5s; left to finish")
+    except (OSError, nats.errors.Error) as exc:
         _log.debug("closing the NATS connection: %r", exc)
 
 

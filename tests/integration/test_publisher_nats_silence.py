@@ -7,11 +7,14 @@ failure of the messages (attempts, then dead letters): it is an outage.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
+from outbox.message import BYTES_CONTENT_TYPE
 from outboxkit.devservers import NatsServer
 from outboxkit.faults.proxy import FaultProxy
 from relay.brokers.nats import NatsPublisher, create
@@ -54,5 +57,31 @@ async def test_a_blackholed_broker_is_unreachable_not_a_message_failure(
         assert time.monotonic() - started < 30  # a hang guard, not a performance figure
         await proxy.set_mode("pass")
         assert all(o.acked for o in await publisher.publish(sample_messages(3)))
+    finally:
+        await publisher.close()
+
+
+async def test_a_broker_that_stops_reading_mid_batch_does_not_hang_the_publisher(
+    proxy: FaultProxy,
+) -> None:
+    """A batch bigger than nats-py's pending buffer makes it flush inline, and that flush
+    swallows the cancellation of a timeout around it: the PubAck wait must not rely on it."""
+    publisher = await publisher_via(proxy)
+    try:
+        assert all(o.acked for o in await publisher.publish(sample_messages(3)))
+        await proxy.set_mode("stall")
+        big = [
+            replace(m, payload=b"x" * 400_000, content_type=BYTES_CONTENT_TYPE)
+            for m in sample_messages(40)
+        ]
+        publishing = asyncio.ensure_future(publisher.publish(big))
+        done, _ = await asyncio.wait({publishing}, timeout=60)  # never cancels the publish
+        assert done, "publish hung on a broker that stopped reading"
+        assert not any(o.acked for o in publishing.result())
+        await proxy.set_mode("pass")
+        outcomes = await publisher.publish(sample_messages(3))
+        if not all(o.acked for o in outcomes):  # the stalled connection may be dropped first
+            outcomes = await publisher.publish(sample_messages(3))
+        assert all(o.acked for o in outcomes), outcomes
     finally:
         await publisher.close()
