@@ -191,13 +191,14 @@ def present(world: World, ids: set[str]) -> dict[str, int]:
 async def test_10_postgres_immediate_shutdown_and_restart(world: World, report: Report) -> None:
     """PostgreSQL crashes (immediate shutdown: no checkpoint, every session cut) while the
     relay drains a backlog, the consumer handles and the producer writes; 3 s later it
-    starts again on the same port. Nobody is restarted: all must reconnect by themselves."""
+    starts again on the same port. Nobody is restarted: all must reconnect by themselves.
+    The producer writes for ~6 s (pause 0.05 s), so the crash lands while it writes."""
     assert world.postgres is not None
     world.produce(1000, tx_size=10)  # a backlog: the relay has batches in flight at the crash
     relay = world.start_relay()
     consumer = world.start_consumer()
     producing = asyncio.create_task(
-        asyncio.to_thread(world.produce_through_outages, 500, tx_size=5, pause=0.01, within=150)
+        asyncio.to_thread(world.produce_through_outages, 500, tx_size=5, pause=0.05, within=150)
     )
     while await asyncio.to_thread(world.processed) < 200:
         assert not producing.done(), producing
