@@ -4,12 +4,6 @@
 -- name: settings
 SELECT partitions FROM {outbox_settings}
 
--- name: settle_lazily
--- The cycle's transaction need not wait for its WAL flush: a settle lost in a database crash
--- only means republishing messages that the broker (dedup window) and the inbox absorb.
--- Never for at-most-once claims: their delete must be durable before they are published.
-SET LOCAL synchronous_commit TO off
-
 -- name: claim
 -- The next messages of the partitions this relay owns, in write order. A keyed message waits
 -- while its key is blocked by an earlier message that is backing off or dead-lettered (unless
