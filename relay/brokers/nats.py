@@ -23,6 +23,10 @@ awaited. After the first connect the client reconnects forever; while it is disc
 comes back in time, a PING tells a silent broker (blackholed, partitioned: the connection
 looks alive to the client) from slow JetStream: no PONG either means `unreachable`, no
 attempt counted, and the connection is dropped so that the next batch connects afresh.
+A broker that stops reading mid-batch (the client's 2 MB buffer full, its inline flushes
+blocked) cannot hold a batch for long either: the deadline is checked between sends, never
+enforced by cancelling into nats-py (which swallows such cancellations), so the batch ends
+after a few multiples of `timeout` (the PING check, then a close bounded at 5 s).
 """
 
 from __future__ import annotations
