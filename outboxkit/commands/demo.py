@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         keep_data=args.keep_data,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per order placed
     view = LiveView()
     verdict = asyncio.run(run_demo(options, view))
     view._end_line()
