@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from outboxkit.devservers.freeze import freeze, thaw
 from outboxkit.devservers.ports import free_port
 
 _ENV_OVERRIDE = "PULSAR_LITE_BINARY"  # pulsar-lite's own variable for another binary
@@ -149,14 +150,15 @@ class PulsarLiteServer:
             process.wait()
 
     def pause(self) -> None:
-        """Freeze the broker (SIGSTOP): connections stay open but nothing is answered."""
+        """Freeze the broker (SIGSTOP, every thread stopped on return): connections stay
+        open but nothing is answered."""
         if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
+            freeze(self._process.pid)
 
     def resume(self) -> None:
         """Let a paused broker go on (SIGCONT)."""
         if self._process is not None:
-            self._process.send_signal(signal.SIGCONT)
+            thaw(self._process.pid)
 
     def restart(self) -> None:
         """Stop, then start again on the same port with the same store."""
