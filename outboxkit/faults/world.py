@@ -36,6 +36,7 @@ import migrations
 import outbox
 from outbox.envelope import MESSAGE_ID
 from outboxkit.devservers import NatsServer, PostgresServer
+from outboxkit.devservers.freeze import freeze, thaw
 from outboxkit.faults.app import EFFECTS_TABLE
 from outboxkit.faults.proxy import FaultProxy
 
@@ -66,6 +67,16 @@ class Process:
     def signal(self, signum: int) -> None:
         if self.alive:
             self.popen.send_signal(signum)
+
+    def freeze(self) -> None:
+        """SIGSTOP, returning once every thread of the process has stopped."""
+        if self.alive:
+            freeze(self.popen.pid)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen process goes on."""
+        if self.alive:
+            thaw(self.popen.pid)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -164,7 +175,11 @@ class World:
     def broker_url(self, via_proxy: bool = False, **options: str) -> str:
         assert self.nats is not None and self.broker_proxy is not None
         port = self.broker_proxy.port if via_proxy else self.nats.port
-        query = {"stream": STREAM, "subject_prefix": PREFIX, "ack_wait": "2", "timeout": "2"}
+        # Through the fault proxy PubAcks time out after 2 s (the network scenarios' bounds
+        # count in those); direct, after 10 s, so that a stall of a loaded machine does
+        # not make the relay republish in a scenario that expects no duplicate.
+        timeout = "2" if via_proxy else "10"
+        query = {"stream": STREAM, "subject_prefix": PREFIX, "ack_wait": "2", "timeout": timeout}
         query |= options
         return f"nats://127.0.0.1:{port}?" + "&".join(f"{k}={v}" for k, v in query.items())
 

@@ -166,7 +166,8 @@ async def test_messages_are_handled_and_sigterm_finishes_the_one_in_flight(
 async def test_crash_between_commit_and_ack_redelivers_without_reprocessing(
     consumers: Consumers, stream: Stream, dsn: str
 ) -> None:
-    url = stream.consumer_url(ack_wait=1)
+    # Redelivered after ack_wait; 4 s leave the restarted consumer time to ack it once.
+    url = stream.consumer_url(ack_wait=4)
     await publish(stream.publisher_url, [work(1)])
 
     crashed = consumers.start(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Sequence
 
 from inbox.consumers import Consumer, Subscription, create_consumer
 from outbox.ids import uuid7
 from outbox.message import BYTES_CONTENT_TYPE, Message
-from relay.brokers import Outcome, Publisher, create_publisher
+from relay.brokers import Publisher, create_publisher
 
 TOPIC_PATTERN = "conf.*"
 
@@ -46,24 +44,6 @@ async def connected_consumer(url: str, name: str | None = None) -> Consumer:
     assert consumer is not None
     await consumer.connect()
     return consumer
-
-
-async def publish_until_acked(
-    publisher: Publisher, batch: Sequence[Message], *, within: float = 60.0
-) -> list[Outcome]:
-    """Publish, republishing what failed retriably, until every message is acked."""
-    deadline = time.monotonic() + within
-    pending = list(batch)
-    failures: list[Outcome] = []
-    while pending:
-        outcomes = await publisher.publish(pending)
-        assert all(o.acked or o.retriable for o in outcomes), outcomes
-        failures += [o for o in outcomes if not o.acked]
-        pending = [m for m, o in zip(pending, outcomes, strict=True) if not o.acked]
-        if pending:
-            assert time.monotonic() < deadline, f"still failing: {failures[-1]}"
-            await asyncio.sleep(0.2)
-    return failures
 
 
 async def consume(consumer: Consumer, count: int, *, within: float = 60.0) -> list[Message]:

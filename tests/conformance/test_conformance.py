@@ -25,8 +25,8 @@ from tests.conformance.helpers import (
     connected_publisher,
     consume,
     messages,
-    publish_until_acked,
 )
+from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
 
 SECRET = "s3cr3t-pw"

@@ -22,6 +22,7 @@ import outbox
 from outboxkit.faults.checker import check, read_stream
 from outboxkit.faults.world import Production, World
 from tests.faults.conftest import Report
+from tests.support.waiting import eventually
 
 # -- 4 -----------------------------------------------------------------------------------
 
@@ -192,17 +193,24 @@ async def test_10_postgres_immediate_shutdown_and_restart(world: World, report: 
     """PostgreSQL crashes (immediate shutdown: no checkpoint, every session cut) while the
     relay drains a backlog, the consumer handles and the producer writes; 3 s later it
     starts again on the same port. Nobody is restarted: all must reconnect by themselves.
-    The producer writes for ~6 s (pause 0.05 s), so the crash lands while it writes."""
+    The producer starts once 200 messages are handled and writes for ~6 s (pause 0.05 s);
+    the crash comes 1 s after its start, while it writes."""
     assert world.postgres is not None
     world.produce(1000, tx_size=10)  # a backlog: the relay has batches in flight at the crash
     relay = world.start_relay()
     consumer = world.start_consumer()
+
+    async def two_hundred_handled() -> bool:
+        return await asyncio.to_thread(world.processed) >= 200
+
+    await eventually(two_hundred_handled, within=120)
+    # Started only now, however slowly the relay and consumer got going: its 100
+    # transactions sleep 0.05 s each, so it is still writing 1 s later, at the crash.
     producing = asyncio.create_task(
         asyncio.to_thread(world.produce_through_outages, 500, tx_size=5, pause=0.05, within=150)
     )
-    while await asyncio.to_thread(world.processed) < 200:
-        assert not producing.done(), producing
-        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    assert not producing.done(), producing
     doomed_conn, doomed = await asyncio.to_thread(open_doomed_transaction, world, 5)
     await asyncio.to_thread(world.postgres.stop, "immediate")
     crashed = time.monotonic()

@@ -26,7 +26,8 @@ from outboxkit.faults.proxy import FaultProxy
 from outboxkit.faults.world import STREAM, Process, World
 from tests.faults.conftest import Report
 
-# The world's broker URL sets the PubAck timeout and the consumer's ack wait to 2 s.
+# The world's broker URL through its proxy sets the PubAck timeout and the consumer's ack
+# wait to 2 s.
 PUBACK_TIMEOUT = 2.0
 # Hang guard for one HTTP call to the relay's ops server.
 HTTP_GUARD = 5.0
@@ -298,7 +299,7 @@ async def test_18_packet_loss_and_partition_with_nftables(world: World, report: 
         db_proxy = await FaultProxy(world.postgres.port, listen_host=host).start()
         proxies += [broker_proxy, db_proxy]
         dsn = f"postgresql://{world.postgres.user}@{host}:{db_proxy.port}/service"
-        broker = world.broker_url().replace(
+        broker = world.broker_url(timeout=str(PUBACK_TIMEOUT)).replace(
             f"127.0.0.1:{world.nats.port}", f"{host}:{broker_proxy.port}"
         )
         world.produce(300, tx_size=10)

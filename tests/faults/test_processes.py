@@ -13,7 +13,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -208,7 +207,7 @@ async def test_06_relay_frozen_past_its_lease_then_resumed(
     producer = producers(pause=0.05)
     await eventually(lambda: _true(producer.committed >= 100), within=60)
 
-    frozen.signal(signal.SIGSTOP)
+    frozen.freeze()
     stopped_at = time.monotonic()
     owned = await asyncio.to_thread(world.lock_owners)
     a_parts, b_parts = set(owned["relay-a"]), set(owned["relay-b"])
@@ -238,7 +237,7 @@ async def test_06_relay_frozen_past_its_lease_then_resumed(
         still_pending = await asyncio.to_thread(pending_ids, world)
         frozen_seconds = time.monotonic() - stopped_at
     finally:
-        frozen.signal(signal.SIGCONT)
+        frozen.thaw()
     resumed_at = time.monotonic()
 
     assert during == {"relay-a": sorted(a_parts), "relay-b": sorted(b_parts)}, during

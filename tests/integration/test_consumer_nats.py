@@ -55,7 +55,9 @@ class Broker:
         return f"{self.server_url}?stream={self.stream}&subject_prefix={self.prefix}"
 
     def consumer_url(self, **options: object) -> str:
-        extra = "".join(f"&{k}={v}" for k, v in ({"ack_wait": 2} | options).items())
+        # ack_wait 30 (the product default): no redelivery comes from a slow batch on a
+        # loaded machine; tests of redelivery set a short one themselves.
+        extra = "".join(f"&{k}={v}" for k, v in ({"ack_wait": 30} | options).items())
         return self.publisher_url + extra
 
 
@@ -260,10 +262,15 @@ async def test_poison_message_is_dead_lettered_and_acked(broker: Broker, dsn: st
 
     batch = orders(3)
     await publish(broker.publisher_url, batch)
-    async with running(ib, settings(dsn, broker.consumer_url(ack_wait=1))) as run:
+    async with running(ib, settings(dsn, broker.consumer_url())) as run:
         await run.until(counted(dsn, DEAD, 1))
         await run.until(counted(dsn, EFFECTS, 2))
-        await asyncio.sleep(1.5)  # past ack_wait: an unacked message would be back by now
+
+        async def all_acked() -> bool:  # the dead-lettered one too
+            info = await consumer_info(broker.server_url, broker.stream, "billing")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await run.until(all_acked)
 
     # 4 calls for 3 deliveries: the first one ran optimistically, then under a savepoint.
     assert len(calls) == 4 and run.runner.dead_lettered == 1
@@ -474,7 +481,7 @@ async def test_consumer_creates_the_stream_like_the_publisher(broker: Broker) ->
         await consumer.close()
 
     info = await consumer_info(broker.server_url, broker.stream, "billing_eu_v2_x")
-    assert info.config.ack_wait == 2 and info.config.max_deliver == -1
+    assert info.config.ack_wait == 30 and info.config.max_deliver == -1
     nc = await nats.connect(broker.server_url)
     try:
         stream = await nc.jetstream().stream_info(broker.stream)

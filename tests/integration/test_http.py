@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from relay import Relay, RelaySettings
 from relay.brokers import Outcome, create_publisher
 from relay.brokers.http import HttpPublisher
 from tests.integration.brokers import sample_messages
+from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
 
 PASSWORD = "s3cr3t-pw"
@@ -177,23 +178,6 @@ def same(got: Message | None, sent: Message) -> bool:
     return all(getattr(got, f) == getattr(sent, f) for f in fields) and dict(got.headers) == dict(
         sent.headers
     )
-
-
-async def publish_until_acked(
-    pub: HttpPublisher, batch: Sequence[Message], within: float = 60
-) -> list[Outcome]:
-    deadline = time.monotonic() + within
-    failures: list[Outcome] = []
-    pending = list(batch)
-    while pending:
-        outcomes = await pub.publish(pending)
-        assert all(o.acked or o.retriable for o in outcomes), outcomes
-        failures += [o for o in outcomes if not o.acked]
-        pending = [m for m, o in zip(pending, outcomes, strict=True) if not o.acked]
-        assert time.monotonic() < deadline, failures[-1:]
-        if pending:
-            await asyncio.sleep(0.05)
-    return failures
 
 
 # -- URLs, headers, signatures -----------------------------------------------------------

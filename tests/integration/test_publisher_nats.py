@@ -193,7 +193,7 @@ async def test_broker_restart_gives_retriable_outcomes_then_recovers() -> None:
         down = sample_messages(10)
         started = time.monotonic()
         outcomes = await publisher.publish(down)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 15  # a hang guard (timeout + PING + close)
         assert all(not o.acked and o.retriable for o in outcomes)
 
         server.start()

@@ -19,6 +19,7 @@ from outboxkit.devservers import NatsServer
 from outboxkit.faults.proxy import FaultProxy
 from relay.brokers.nats import NatsPublisher, create
 from tests.integration.brokers import sample_messages, unique_stream
+from tests.support.publishers import publish_until_acked
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ async def test_a_blackholed_broker_is_unreachable_not_a_message_failure(
         assert all(o.unavailable for o in outcomes), outcomes
         assert time.monotonic() - started < 30  # a hang guard, not a performance figure
         await proxy.set_mode("pass")
-        assert all(o.acked for o in await publisher.publish(sample_messages(3)))
+        await publish_until_acked(publisher, sample_messages(3))  # a fresh connection
     finally:
         await publisher.close()
 

@@ -34,6 +34,7 @@ from relay.brokers.pulsar import PulsarPublisher, client_logger
 from relay.brokers.pulsar import create as create_publisher
 from relay.brokers.pulsar import parse_url as parse_publisher_url
 from tests.integration.brokers import sample_messages
+from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
 
 FAST = "timeout=3&connect_timeout=1"
@@ -322,14 +323,7 @@ async def test_a_frozen_broker_is_unreachable_then_the_publisher_recovers() -> N
                 assert all(o.unavailable for o in outcomes), outcomes
             finally:
                 server.resume()
-            pending = keyed(3, "k")
-            deadline = time.monotonic() + 60
-            while pending:
-                outcomes = await publisher.publish(pending)
-                assert all(o.acked or o.unavailable for o in outcomes), outcomes
-                pending = [m for m, o in zip(pending, outcomes, strict=True) if not o.acked]
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+            await publish_until_acked(publisher, keyed(3, "k"))
         finally:
             await publisher.close()
 

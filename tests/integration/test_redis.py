@@ -31,6 +31,7 @@ from relay.brokers import create_publisher
 from relay.brokers.redis import RedisPublisher
 from tests.conftest import in_ci
 from tests.integration.brokers import sample_messages
+from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
 
 PASSWORD = "p@ss:w/rd%#?&x"
@@ -202,7 +203,7 @@ async def test_restart_gives_unreachable_then_reconnects(stream: str) -> None:
             assert time.monotonic() - started < 10  # a hang guard
             assert all(o.unavailable and o.retriable and not o.acked for o in outcomes)
             flaky.start()
-            assert all(o.acked for o in await publisher.publish(sample_messages(5)))
+            await publish_until_acked(publisher, sample_messages(5))  # 1 s timeouts
         finally:
             await publisher.close()
 
@@ -385,20 +386,22 @@ async def test_fetch_blocks_longer_than_the_socket_timeout(
 async def test_nak_redelivers_after_the_delay_and_counts_attempts(
     server: RedisServer, stream: str
 ) -> None:
-    url = url_for(server, stream, claim_idle=0.6)
+    # claim_idle 1.5 s: the nakking consumer re-claims every 0.5 s, so a stall of up to
+    # ~1 s on a loaded machine does not let the other consumer take the entry early.
+    url = url_for(server, stream, claim_idle=1.5)
     await published(url, sample_messages(1))
     first, second = await connected(url), await connected(url)  # one group, two consumers
     try:
         (delivery,) = await fetch_all(first, 1)
         assert delivery.attempt == 1
         nakked = time.monotonic()
-        await delivery.nak(2.0)  # longer than claim_idle: the nakking consumer keeps it
+        await delivery.nak(4.0)  # longer than claim_idle: the nakking consumer keeps it
         seen: list[Delivery] = []
         while not seen:
             seen += await second.fetch(1, 0.05)
             seen += await first.fetch(1, 0.05)
             assert time.monotonic() - nakked < 20
-        assert time.monotonic() - nakked >= 1.9
+        assert time.monotonic() - nakked >= 3.9
         assert seen[0].attempt == 2 and seen[0].message == delivery.message
         await seen[0].nak(0)
         (third,) = await fetch_all(first, 1)
@@ -510,7 +513,7 @@ async def test_consumer_survives_a_restart_and_a_lost_group(stream: str) -> None
             flaky.start()
             async with raw(flaky) as client:
                 await client.flushall()  # the data is gone: so is the group
-            await published(url, sample_messages(2))
+            await published(url_for(flaky, stream), sample_messages(2))  # default timeouts
             assert len(await fetch_all(consumer, 2)) == 2
         finally:
             await consumer.close()

@@ -32,8 +32,9 @@ from relay.brokers import create_publisher
 from relay.brokers.sqs import SqsPublisher, entry_outcome
 from tests.conformance import test_conformance as conformance
 from tests.conformance.cases.sqs import CASE
-from tests.conformance.helpers import messages, publish_until_acked
+from tests.conformance.helpers import messages
 from tests.integration.brokers import sample_messages
+from tests.support.publishers import publish_until_acked
 
 # -- harness -----------------------------------------------------------------------------
 
@@ -497,15 +498,17 @@ async def test_fifo_survives_an_outage(sqs: SqsServer) -> None:
 
 
 async def test_visibility_is_extended_while_a_delivery_is_in_flight(sqs: SqsServer) -> None:
-    url = sqs.url(queue=f"v{tag()}", visibility=4)
+    # visibility 8: the heartbeat (every 2 s) extends with 2 s of margin, wide enough for
+    # a loaded machine; 4 left it 1 s.
+    url = sqs.url(queue=f"v{tag()}", visibility=8)
     publisher = await publisher_for(url)
     slow = await consumer_for(url)
     other = await consumer_for(url)
     try:
         assert all(o.acked for o in await publisher.publish(messages(2)))
         held = await drain(slow, 2, ack=False)
-        # 2.5 visibility timeouts pass: without the heartbeat the messages would be back
-        await nothing_more(other, 10)
+        # 2.25 visibility timeouts pass: without the heartbeat the messages would be back
+        await nothing_more(other, 18)
         for delivery in held:
             await delivery.ack()
         await nothing_more(other, 3)

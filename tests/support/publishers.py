@@ -1,19 +1,40 @@
-"""A recording publisher for testing the relay's core logic against a real database.
+"""Publishing in tests: until acked against a real broker, and a recording publisher.
 
-It stands in for a broker only where a test needs to script the broker's answers (a poison
-message, an outage); every broker adapter is tested against its real server elsewhere.
+The recording publisher tests the relay's core logic against a real database. It stands in
+for a broker only where a test needs to script the broker's answers (a poison message, an
+outage); every broker adapter is tested against its real server elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from outbox.message import Message
-from relay.brokers.base import Capabilities, Outcome
+from relay.brokers.base import Capabilities, Outcome, Publisher
 
 Script = Callable[[Message], Outcome | None]
+
+
+async def publish_until_acked(
+    publisher: Publisher, batch: Sequence[Message], *, within: float = 60.0
+) -> list[Outcome]:
+    """Publish, republishing what failed retriably, until every message is acked; never a
+    reject. Returns the failures on the way (a broker just back may time out a first send)."""
+    deadline = time.monotonic() + within
+    pending = list(batch)
+    failures: list[Outcome] = []
+    while pending:
+        outcomes = await publisher.publish(pending)
+        assert all(o.acked or o.retriable for o in outcomes), outcomes
+        failures += [o for o in outcomes if not o.acked]
+        pending = [m for m, o in zip(pending, outcomes, strict=True) if not o.acked]
+        if pending:
+            assert time.monotonic() < deadline, f"still failing: {failures[-1]}"
+            await asyncio.sleep(0.2)
+    return failures
 
 
 @dataclass

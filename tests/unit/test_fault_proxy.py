@@ -32,7 +32,7 @@ async def proxy() -> AsyncIterator[FaultProxy]:
         await server.wait_closed()
 
 
-async def roundtrip(port: int, payload: bytes = b"ping", within: float = 1.0) -> bytes:
+async def roundtrip(port: int, payload: bytes = b"ping", within: float = 10.0) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(payload)

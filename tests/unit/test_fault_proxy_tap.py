@@ -48,7 +48,7 @@ async def exchange(port: int, *payloads: bytes) -> list[bytes | str]:
         for payload in payloads:
             writer.write(payload)
             await writer.drain()
-            answer = await asyncio.wait_for(reader.read(1024), 2)
+            answer = await asyncio.wait_for(reader.read(1024), 10)  # a hang guard
             if not answer:
                 answers.append("reset")
                 break
