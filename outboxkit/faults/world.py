@@ -65,8 +65,14 @@ class Process:
         return self.popen.poll() is None
 
     def signal(self, signum: int) -> None:
+        """Signal the process's group: a wrapper given as prefix (faketime forks) and the
+        outboxkit process under it alike."""
         if self.alive:
-            self.popen.send_signal(signum)
+            self._signal_group(signum)
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)  # started as a session (and group) leader
 
     def freeze(self) -> None:
         """SIGSTOP, returning once every thread of the process has stopped."""
@@ -79,7 +85,8 @@ class Process:
             thaw(self.popen.pid)
 
     def kill(self) -> None:
-        self.signal(signal.SIGKILL)
+        """SIGKILL the whole group, even once the leader is gone (an orphan may be left)."""
+        self._signal_group(signal.SIGKILL)
         self.popen.wait(30)
 
     def stop(self, within: float = 30) -> int:
@@ -88,7 +95,7 @@ class Process:
         try:
             return self.popen.wait(within)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
+            self.kill()
             return self.popen.wait()
 
     def output(self) -> str:
@@ -142,9 +149,7 @@ class World:
 
     async def __aexit__(self, *exc_info: object) -> None:
         for process in self.processes:
-            if process.alive:
-                process.kill()
-            process.popen.wait()
+            process.kill()
         for proxy in (self.broker_proxy, self.db_proxy):
             if proxy is not None:
                 await proxy.close()
@@ -262,6 +267,7 @@ class World:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 env=environment,
+                start_new_session=True,  # a group of its own, killed whole at the end
             )
         process = Process(name, popen, log)
         self.processes.append(process)
