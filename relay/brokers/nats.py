@@ -45,7 +45,7 @@ from nats.js.api import StreamConfig
 
 from outbox import nats_url
 from outbox.bounded import settle_within, wait_until
-from outbox.envelope import to_headers
+from outbox.envelope import MESSAGE_ID, to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError
 from outbox.message import Message
 from outbox.nats_url import NatsOptions, subject_matches, valid_subject
@@ -249,7 +249,7 @@ class NatsPublisher:
         if isinstance(subject, Outcome):
             return subject
         headers = to_headers(message)
-        headers[MSG_ID] = str(message.message_id)
+        headers[MSG_ID] = headers[MESSAGE_ID]  # the same id, formatted once
         size = _wire_size(headers, message.payload)
         if size > limit:
             return Outcome.reject(
