@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import signal
@@ -12,6 +11,7 @@ import sys
 from inbox.inbox import Inbox
 from inbox.runner import ConsumerRunner
 from inbox.settings import ConsumerSettings
+from outbox.bounded import drain, run_or_exit
 from outbox.errors import ConfigurationError
 
 log = logging.getLogger("outboxkit.inbox")
@@ -35,7 +35,10 @@ def load_inbox(spec: str) -> Inbox:
 
 
 async def serve(inbox: Inbox, settings: ConsumerSettings) -> ConsumerRunner:
-    """Consume until SIGTERM/SIGINT; in-flight deliveries are finished and acked first."""
+    """Consume until SIGTERM/SIGINT; in-flight deliveries are finished and acked first.
+
+    Raises `ShutdownStuck` if the consumer outlives both the drain and its cancellation.
+    """
     runner = ConsumerRunner(inbox, settings)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -48,13 +51,11 @@ async def serve(inbox: Inbox, settings: ConsumerSettings) -> ConsumerRunner:
         runner.stop()
     finally:
         try:
-            await asyncio.wait_for(asyncio.shield(task), settings.shutdown_timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+            # Abandoned deliveries were not acked: the broker delivers them again.
+            await drain(task, settings.shutdown_timeout, what="the consumer", log=log)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
     log.info(
         "consumer %s stopped: %d handled, %d duplicates, %d dead-lettered",
         inbox.consumer,
@@ -66,5 +67,8 @@ async def serve(inbox: Inbox, settings: ConsumerSettings) -> ConsumerRunner:
 
 
 def run(inbox: Inbox, settings: ConsumerSettings) -> None:
-    """Sync entry point: consume in this thread until SIGTERM/SIGINT."""
-    asyncio.run(serve(inbox, settings))
+    """Sync entry point: consume in this thread until SIGTERM/SIGINT.
+
+    A consumer stuck in its shutdown ends the process at once (exit code 70).
+    """
+    run_or_exit(serve(inbox, settings))

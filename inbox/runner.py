@@ -78,9 +78,11 @@ class ConsumerRunner:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self._stopping.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if self.consumer is not None:
-                await self.consumer.close()
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:  # also when a drain that took too long cancels us here
+                if self.consumer is not None:
+                    await self.consumer.close()
 
     # -- broker deliveries -----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from outbox.errors import (
     PayloadNotSerializable,
     PayloadTooLarge,
     SchemaNotMigrated,
+    ShutdownStuck,
     TransactionRequired,
     UnsupportedConnection,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "PayloadNotSerializable",
     "PayloadTooLarge",
     "SchemaNotMigrated",
+    "ShutdownStuck",
     "TransactionRequired",
     "UnsupportedConnection",
     "awrite",

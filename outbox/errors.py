@@ -13,6 +13,7 @@ OutboxkitError                    root; `retriable` says whether trying again ma
 │   ├── ChecksumMismatch          an applied migration file was changed since
 │   └── SchemaNotMigrated         the outboxkit tables are missing or out of date
 ├── DatabaseUnavailable           cannot reach PostgreSQL (retriable)
+├── ShutdownStuck                 a relay or consumer outlived its drain and cancellation
 └── PublishError                  a broker refused or failed a message
     ├── BrokerUnavailable         cannot reach the broker (retriable)
     └── MessageRejected           permanently refused: dead-letter it (not retriable)
@@ -78,6 +79,17 @@ class DatabaseUnavailable(OutboxkitError):
     """PostgreSQL cannot be reached."""
 
     retriable = True
+
+
+class ShutdownStuck(OutboxkitError):
+    """A relay or consumer outlived both its drain and its cancellation: left behind.
+
+    Some client libraries swallow a cancellation; the process entry points then exit at
+    once with `exit_code`. Nothing is lost: unacked work is delivered again.
+    """
+
+    exit_code = 70  # EX_SOFTWARE
+    retriable = False
 
 
 class PublishError(OutboxkitError):

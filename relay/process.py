@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
+from outbox.bounded import drain, run_or_exit
 from relay.ops_http import OpsServer, Readiness
 from relay.runner import Relay
 from relay.settings import RelaySettings
@@ -17,7 +17,8 @@ log = logging.getLogger("outboxkit.relay")
 async def serve(settings: RelaySettings) -> None:
     """Run a relay until SIGTERM/SIGINT, then drain the batch in flight and exit.
 
-    Raises `DatabaseUnavailable`, `BrokerUnavailable` or `SchemaNotMigrated` at start-up.
+    Raises `DatabaseUnavailable`, `BrokerUnavailable` or `SchemaNotMigrated` at start-up,
+    and `ShutdownStuck` if the relay outlives both the drain and its cancellation.
     """
     relay = Relay(settings)
     await relay.start()
@@ -41,22 +42,15 @@ async def serve(settings: RelaySettings) -> None:
     except asyncio.CancelledError:
         relay.stop()
     finally:
-        await _drain(task, settings.shutdown_timeout)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        if ops is not None:
-            await ops.close()
+        try:
+            # An abandoned batch is simply republished later.
+            await drain(task, settings.shutdown_timeout, what="the relay's batch", log=log)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            if ops is not None:
+                await ops.close()
     log.info("relay %s stopped", settings.relay_id)
-
-
-async def _drain(task: asyncio.Task[None], seconds: float) -> None:
-    try:
-        await asyncio.wait_for(asyncio.shield(task), seconds)
-    except TimeoutError:
-        log.error("the batch in flight did not finish in %.0f s; abandoning it", seconds)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _readiness(relay: Relay) -> Readiness:
@@ -66,5 +60,8 @@ async def _readiness(relay: Relay) -> Readiness:
 
 
 def run(settings: RelaySettings) -> None:
-    """Run a relay in this thread until SIGTERM/SIGINT (the sync entry point)."""
-    asyncio.run(serve(settings))
+    """Run a relay in this thread until SIGTERM/SIGINT (the sync entry point).
+
+    A relay stuck in its shutdown ends the process at once (exit code 70).
+    """
+    run_or_exit(serve(settings))

@@ -7,7 +7,8 @@ import asyncio
 from typing import Any
 
 from inbox import ConsumerSettings, Mode, parse_duration, prune
-from inbox.process import load_inbox, serve
+from inbox.process import load_inbox
+from inbox.process import run as run_consumer
 from outboxkit.commands.options import dsn_option, env_option, schema_option
 
 
@@ -116,7 +117,7 @@ def run_consume(args: argparse.Namespace) -> int:
         prune_interval=parse_duration(args.prune_interval),
         crash_at=args.crash_at,
     )
-    asyncio.run(serve(inbox, settings))
+    run_consumer(inbox, settings)
     return 0
 
 

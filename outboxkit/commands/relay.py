@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from outboxkit.commands.options import dsn_option, env_option, schema_option
-from relay import RelaySettings, TopicSemantics, serve
+from relay import RelaySettings, TopicSemantics
+from relay import run as run_relay
 
 
 def register(subparsers: Any) -> None:
@@ -108,5 +108,5 @@ def run(args: argparse.Namespace) -> int:
         from relay.admin import set_partitions
 
         set_partitions(args.dsn, args.schema, args.partitions)
-    asyncio.run(serve(settings))
+    run_relay(settings)
     return 0
