@@ -194,9 +194,10 @@ async def test_10_postgres_immediate_shutdown_and_restart(world: World, report: 
     relay drains a backlog, the consumer handles and the producer writes; 3 s later it
     starts again on the same port. Nobody is restarted: all must reconnect by themselves.
     The producer starts once 200 messages are handled and writes for ~6 s (pause 0.05 s);
-    the crash comes 1 s after its start, while it writes."""
+    the crash comes 0.5 s after its start, while it writes and while the relay still drains
+    its backlog (the rows pending then are reported)."""
     assert world.postgres is not None
-    world.produce(1000, tx_size=10)  # a backlog: the relay has batches in flight at the crash
+    world.produce(10_000, tx_size=50)  # a backlog the relay drains for seconds
     relay = world.start_relay()
     consumer = world.start_consumer()
 
@@ -205,13 +206,14 @@ async def test_10_postgres_immediate_shutdown_and_restart(world: World, report: 
 
     await eventually(two_hundred_handled, within=120)
     # Started only now, however slowly the relay and consumer got going: its 100
-    # transactions sleep 0.05 s each, so it is still writing 1 s later, at the crash.
+    # transactions sleep 0.05 s each, so it is still writing 0.5 s later, at the crash.
     producing = asyncio.create_task(
         asyncio.to_thread(world.produce_through_outages, 500, tx_size=5, pause=0.05, within=150)
     )
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(0.5)
     assert not producing.done(), producing
     doomed_conn, doomed = await asyncio.to_thread(open_doomed_transaction, world, 5)
+    pending_at_crash = await asyncio.to_thread(world.pending)
     await asyncio.to_thread(world.postgres.stop, "immediate")
     crashed = time.monotonic()
     await asyncio.sleep(3)
@@ -235,12 +237,14 @@ async def test_10_postgres_immediate_shutdown_and_restart(world: World, report: 
         "PostgreSQL immediate shutdown and restart under load",
         verdict,
         faults=(
-            f"1 immediate shutdown, down {restarted - crashed:.0f} s; "
+            f"1 immediate shutdown, down {restarted - crashed:.0f} s, {pending_at_crash} "
+            "messages pending in the outbox then; "
             f"{len(production.failed) + 1} producer tx failed, {len(in_doubt)} in doubt"
         ),
         recovery=drained,
     )
     print(
+        f"{pending_at_crash} pending at the crash; "
         f"producer: {len(production.failed)} tx failed, {len(in_doubt)} in doubt; doomed tx "
         f"{doomed_outcome}; duplicates {verdict.duplicates_delivered}; relay reconnects "
         f"{relay.output().count('database connection lost')}; consumer progress "
