@@ -105,3 +105,10 @@ def admin(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the hostile-input counts for RELIABILITY.md (only when asked, see hostile.py)."""
+    from tests.support import hostile
+
+    hostile.write_tally()
