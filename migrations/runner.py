@@ -12,7 +12,8 @@ import psycopg
 from psycopg import sql
 
 from outbox import db
-from outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
+from outbox.errors import ChecksumMismatch, MigrationError
+from outbox.identifiers import check_schema_name
 
 DEFAULT_SCHEMA = "outboxkit"
 VERSION_TABLE = "outboxkit_migrations"
@@ -65,7 +66,7 @@ def apply(dsn: str, schema: str = DEFAULT_SCHEMA, *, target: int | None = None) 
     Safe to run from many processes at once: an advisory lock serialises them and each
     migration is applied exactly once. Returns the migrations this call applied.
     """
-    _check_schema_name(schema)
+    check_schema_name(schema)
     with _connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
         try:
@@ -90,7 +91,7 @@ def apply_in_transaction(
 
     Takes a transaction-scoped advisory lock; never commits.
     """
-    _check_schema_name(schema)
+    check_schema_name(schema)
     conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
     _ensure_version_table(conn, schema)
     pending = _pending(conn, schema, target)
@@ -101,7 +102,7 @@ def apply_in_transaction(
 
 def status(dsn: str, schema: str = DEFAULT_SCHEMA) -> list[MigrationState]:
     """Applied and pending migrations; also those applied by a newer outboxkit."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     with _connect(dsn) as conn:
         applied = _applied(conn, schema) if _version_table_exists(conn, schema) else {}
     states = [
@@ -118,8 +119,12 @@ def status(dsn: str, schema: str = DEFAULT_SCHEMA) -> list[MigrationState]:
 
 
 def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> str:
-    """The SQL that `apply` would run on an empty database, as one script."""
-    _check_schema_name(schema)
+    """The SQL that `apply` would run on an empty database, as one script.
+
+    Every identifier is quoted by `psycopg.sql`; `check_schema_name` keeps newlines out of
+    the comment lines.
+    """
+    check_schema_name(schema)
     schema_id = sql.Identifier(schema).as_string()
     lines = [
         f"-- outboxkit migrations for schema {schema_id}",
@@ -152,11 +157,6 @@ def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> st
 
 def _connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     return db.connect(dsn, autocommit=True)
-
-
-def _check_schema_name(schema: str) -> None:
-    if not schema or len(schema.encode()) > 63 or "\x00" in schema:
-        raise ConfigurationError(f"invalid schema name {schema!r}: 1 to 63 bytes, no NUL")
 
 
 def _version_table_sql(schema: str) -> sql.Composed:

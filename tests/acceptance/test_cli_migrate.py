@@ -129,3 +129,22 @@ def test_missing_dsn_is_an_error() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert "--dsn (or OUTBOXKIT_DSN) is required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "schema",
+    ["outboxkit\nDROP TABLE orders; --", "tab\there", "nul\x01", "lone \udcff"],
+    ids=["newline", "tab", "control", "lone-surrogate"],
+)
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_a_schema_name_with_control_characters_is_refused(schema: str, source: str) -> None:
+    """A newline in the name used to put a bare SQL line into the `--sql` script."""
+    if source == "flag":
+        result = outboxkit("migrate", "--sql", "--schema", schema)
+    else:
+        result = outboxkit("migrate", "--sql", env={"OUTBOXKIT_SCHEMA": schema})
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("outboxkit: error: invalid schema name ")
