@@ -148,3 +148,19 @@ def test_a_schema_name_with_control_characters_is_refused(schema: str, source: s
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("outboxkit: error: invalid schema name ")
+
+
+def test_a_target_beyond_the_latest_is_an_error(empty_db: Database) -> None:
+    beyond = str(migrations.LATEST + 1)
+    applied = outboxkit("migrate", "--dsn", empty_db.dsn, "--target", beyond)
+    printed = outboxkit("migrate", "--sql", "--target", beyond)
+
+    for result in (applied, printed):
+        assert result.returncode == 2
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line == (
+            f"outboxkit: error: there is no migration {beyond}: this outboxkit ships "
+            f"migrations 1 to {migrations.LATEST}; nothing was applied"
+        )
+    assert migrations.status(empty_db.dsn)[0].applied_at is None

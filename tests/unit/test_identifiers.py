@@ -70,6 +70,7 @@ def test_rendered_sql_quotes_every_identifier_with_psycopg_sql() -> None:
     assert 'CREATE SCHEMA IF NOT EXISTS "we""ird";' in script
     assert 'SET LOCAL search_path TO "we""ird";' in script
     assert 'INSERT INTO "we""ird"."outboxkit_migrations"' in script
+    assert 'GRANT SELECT ON "we""ird"."outboxkit_migrations" TO PUBLIC;' in script
     assert 'we"ird' not in script  # the raw name appears nowhere, not even in a comment
 
 
