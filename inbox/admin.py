@@ -11,7 +11,7 @@ from uuid import UUID
 import psycopg
 
 from inbox.queries import bound
-from outbox.db import connect, like_pattern
+from outbox.db import connect, like_pattern, schema_errors
 from outbox.errors import ConfigurationError
 
 
@@ -37,7 +37,7 @@ def find_dead_letters(
     limit: int = 1000,
 ) -> list[InboxDeadLetter]:
     """Inbox dead letters matching every given filter (`topic` may use `*` wildcards)."""
-    with connect(dsn) as conn:
+    with connect(dsn) as conn, schema_errors(schema):
         return _find(conn, schema, consumer, message_ids, topic, key, limit)
 
 
@@ -61,7 +61,7 @@ def _act(
     wanted = ("consumer", "message_ids", "topic", "key", "all")
     if not any(filters.get(name) for name in wanted):
         raise ConfigurationError("name what to act on: --consumer, --id, --topic, --key or --all")
-    with connect(dsn) as conn, conn.transaction():
+    with connect(dsn) as conn, schema_errors(schema), conn.transaction():
         found = _find(
             conn,
             schema,

@@ -21,7 +21,9 @@ from inbox.inbox import Inbox, NoHandler
 from inbox.retention import prune
 from inbox.settings import ConsumerSettings, Mode
 from inbox.slots import Slot
+from migrations.current import require_current
 from outbox.backoff import message_backoff
+from outbox.db import aconnect
 from outbox.errors import DatabaseUnavailable
 from outbox.faults import CrashPoints
 
@@ -53,7 +55,12 @@ class ConsumerRunner:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Connect, then consume until `stop()`."""
+        """Connect, then consume until `stop()`.
+
+        Raises `SchemaNotMigrated` first if the schema misses a migration this outboxkit ships.
+        """
+        async with await aconnect(self.settings.dsn) as conn:
+            await require_current(conn, self.inbox.schema)
         if self.consumer is not None:
             await self.consumer.connect()
         tasks = []

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from outbox.errors import ConfigurationError
+from outbox.identifiers import check_schema_name
 
 
 class Mode(enum.StrEnum):
@@ -60,6 +61,7 @@ class ConsumerSettings:
             raise ConfigurationError("a database DSN is required (--dsn / OUTBOXKIT_DSN)")
         if not self.broker_url:
             raise ConfigurationError("a broker URL is required (--broker / OUTBOXKIT_BROKER)")
+        check_schema_name(self.schema)
         if not 1 <= self.concurrency <= 256:
             raise ConfigurationError("concurrency must be between 1 and 256")
         if not 1 <= self.batch_size <= 10_000:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
+from typing import Final
 
 import psycopg
 from psycopg import sql
 
 from outbox import db
-from outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
+from outbox.errors import ChecksumMismatch, MigrationError
+from outbox.identifiers import check_schema_name
 
 DEFAULT_SCHEMA = "outboxkit"
 VERSION_TABLE = "outboxkit_migrations"
@@ -50,7 +53,27 @@ class MigrationState:
 
 
 def available() -> list[Migration]:
-    """Every migration shipped with this version of outboxkit, in order."""
+    """Every migration shipped with this version of outboxkit, in order.
+
+    Raises `MigrationError` if there is none, so that no run ever applies nothing silently.
+    """
+    found = _shipped()
+    if not found:
+        raise MigrationError(
+            f"no outboxkit migration files in {_location()}: another package named "
+            "`migrations` shadows outboxkit's (a project's own Alembic or Flask-Migrate "
+            "`migrations/` folder on sys.path?), or the installation lacks its .sql files; "
+            "nothing was applied"
+        )
+    return found
+
+
+def latest() -> int:
+    """The number of the newest migration this outboxkit ships (`MigrationError` if none)."""
+    return available()[-1].version
+
+
+def _shipped() -> list[Migration]:
     found = []
     for entry in resources.files(__package__).iterdir():
         match = _FILE_NAME.match(entry.name)
@@ -59,13 +82,25 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+def _location() -> str:
+    # The folders of whichever package the name `migrations` resolved to.
+    return ", ".join(map(str, sys.modules[__package__].__path__))
+
+
+# Read once at import, never raising there: 0 only when no file is found, and then every
+# function of the runner raises `MigrationError`.
+LATEST: Final[int] = max((m.version for m in _shipped()), default=0)
+
+
 def apply(dsn: str, schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> list[Migration]:
     """Apply what is pending (up to `target`), each migration in its own transaction.
 
     Safe to run from many processes at once: an advisory lock serialises them and each
     migration is applied exactly once. Returns the migrations this call applied.
+    Raises `MigrationError` if `target` is not a shipped migration number.
     """
-    _check_schema_name(schema)
+    check_schema_name(schema)
+    _check_target(target)
     with _connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
         try:
@@ -90,7 +125,8 @@ def apply_in_transaction(
 
     Takes a transaction-scoped advisory lock; never commits.
     """
-    _check_schema_name(schema)
+    check_schema_name(schema)
+    _check_target(target)
     conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
     _ensure_version_table(conn, schema)
     pending = _pending(conn, schema, target)
@@ -101,7 +137,7 @@ def apply_in_transaction(
 
 def status(dsn: str, schema: str = DEFAULT_SCHEMA) -> list[MigrationState]:
     """Applied and pending migrations; also those applied by a newer outboxkit."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     with _connect(dsn) as conn:
         applied = _applied(conn, schema) if _version_table_exists(conn, schema) else {}
     states = [
@@ -118,13 +154,19 @@ def status(dsn: str, schema: str = DEFAULT_SCHEMA) -> list[MigrationState]:
 
 
 def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> str:
-    """The SQL that `apply` would run on an empty database, as one script."""
-    _check_schema_name(schema)
+    """The SQL that `apply` would run on an empty database, as one script.
+
+    Every identifier is quoted by `psycopg.sql`; `check_schema_name` keeps newlines out of
+    the comment lines.
+    """
+    check_schema_name(schema)
+    _check_target(target)
     schema_id = sql.Identifier(schema).as_string()
     lines = [
         f"-- outboxkit migrations for schema {schema_id}",
         f"CREATE SCHEMA IF NOT EXISTS {schema_id};",
         _version_table_sql(schema).as_string() + ";",
+        _grant_read_sql(schema).as_string() + ";",
     ]
     for migration in available():
         if target is not None and migration.version > target:
@@ -154,9 +196,15 @@ def _connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     return db.connect(dsn, autocommit=True)
 
 
-def _check_schema_name(schema: str) -> None:
-    if not schema or len(schema.encode()) > 63 or "\x00" in schema:
-        raise ConfigurationError(f"invalid schema name {schema!r}: 1 to 63 bytes, no NUL")
+def _check_target(target: int | None) -> None:
+    if target is None:
+        return
+    newest = latest()
+    if not 1 <= target <= newest:
+        raise MigrationError(
+            f"there is no migration {target}: this outboxkit ships migrations 1 to {newest}; "
+            "nothing was applied"
+        )
 
 
 def _version_table_sql(schema: str) -> sql.Composed:
@@ -169,9 +217,22 @@ def _version_table_sql(schema: str) -> sql.Composed:
     ).format(sql.Identifier(schema, VERSION_TABLE))
 
 
+def _grant_read_sql(schema: str) -> sql.Composed:
+    # Relays and consumers check at start-up that their schema is current (migrations.current),
+    # under least-privilege roles. The table holds the numbers, names and checksums of
+    # outboxkit's public files: nothing to hide from a role that may use the schema.
+    return sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(sql.Identifier(schema, VERSION_TABLE))
+
+
 def _ensure_version_table(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> None:
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     conn.execute(_version_table_sql(schema))
+    row = conn.execute(
+        "SELECT has_table_privilege('public', format('%%I.%%I', %s::text, %s::text), 'SELECT')",
+        (schema, VERSION_TABLE),
+    ).fetchone()
+    if not (row and row[0]):  # only once: ten replicas starting at once rewrite no catalog
+        conn.execute(_grant_read_sql(schema))
 
 
 def _version_table_exists(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
-from outbox.errors import ConfigurationError, DatabaseUnavailable
+from outbox.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
 from outbox.redact import redact_dsn
 
 CONNECT_TIMEOUT = 10
@@ -45,6 +47,17 @@ async def aconnect(dsn: str, **options: Any) -> psycopg.AsyncConnection[Any]:
         raise unavailable(dsn, exc) from None
     except psycopg.ProgrammingError as exc:
         raise invalid_dsn(dsn, exc) from None
+
+
+@contextmanager
+def schema_errors(schema: str) -> Iterator[None]:
+    """Turn "no such table/schema" inside the block into `SchemaNotMigrated` naming `schema`."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+        raise SchemaNotMigrated(
+            f"no outboxkit tables in schema {schema!r}: run `outboxkit migrate`"
+        ) from exc
 
 
 def like_pattern(glob: str) -> str:

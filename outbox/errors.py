@@ -72,7 +72,7 @@ class ChecksumMismatch(MigrationError):
 
 
 class SchemaNotMigrated(MigrationError):
-    """The outboxkit tables are missing: run `outboxkit migrate`."""
+    """The outboxkit tables are missing or older than this outboxkit: run `outboxkit migrate`."""
 
 
 class DatabaseUnavailable(OutboxkitError):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from outbox.errors import ConfigurationError
+from outbox.identifiers import check_schema_name
 
 DEFAULT_SCHEMA = "outboxkit"
 _CHANNEL_SAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -43,8 +44,7 @@ class OutboxSettings:
 
     def validate(self) -> None:
         """Raise `ConfigurationError` if a setting is out of range."""
-        if not self.schema or len(self.schema.encode()) > 63 or "\x00" in self.schema:
-            raise ConfigurationError(f"invalid schema name {self.schema!r}")
+        check_schema_name(self.schema)
         if self.max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be positive")
         if not 1 <= self.max_topic_length <= 10_000:

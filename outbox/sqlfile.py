@@ -13,6 +13,8 @@ from importlib import resources
 
 from psycopg import sql
 
+from outbox.identifiers import check_schema_name
+
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
@@ -34,6 +36,10 @@ def load(package: str, filename: str) -> dict[str, str]:
 
 
 def bind(queries: Mapping[str, str], schema: str, tables: Iterable[str]) -> dict[str, sql.Composed]:
-    """Bind every `{table}` placeholder to the quoted `schema.table`."""
+    """Bind every `{table}` placeholder to the quoted `schema.table`.
+
+    Raises `ConfigurationError` for a schema name `check_schema_name` refuses.
+    """
+    check_schema_name(schema)
     identifiers = {table: sql.Identifier(schema, table) for table in tables}
     return {name: sql.SQL(statement).format(**identifiers) for name, statement in queries.items()}

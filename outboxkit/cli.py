@@ -28,13 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        # Option types (e.g. --schema) raise typed errors, also for environment fallbacks
+        # read while the parser is built: the same one-line message and exit code 2.
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
         code: int = args.handler(args)
     except OutboxkitError as exc:
         print(f"outboxkit: error: {exc}", file=sys.stderr)

@@ -10,8 +10,8 @@ from uuid import UUID
 
 import psycopg
 
-from outbox.db import connect, like_pattern
-from outbox.errors import ConfigurationError, SchemaNotMigrated
+from outbox.db import connect, like_pattern, schema_errors
+from outbox.errors import ConfigurationError
 from relay.queries import bound
 
 
@@ -66,7 +66,7 @@ class DeadLetter:
 def status(dsn: str, schema: str = "outboxkit") -> Status:
     """Backlog by topic, dead letters, live relays and their partitions."""
     queries = bound(schema)
-    with connect(dsn) as conn, _schema_errors(schema):
+    with connect(dsn) as conn, schema_errors(schema):
         (partitions,) = _one(conn.execute(queries["settings"]).fetchone())
         backlog = [TopicBacklog(*row) for row in conn.execute(queries["backlog_by_topic"])]
         dead = dict(conn.execute(queries["dead_letters_by_topic"]).fetchall())
@@ -88,7 +88,7 @@ def find_dead_letters(
     limit: int = 1000,
 ) -> list[DeadLetter]:
     """Dead letters matching every given filter (`topic` may use `*` wildcards)."""
-    with connect(dsn) as conn, _schema_errors(schema):
+    with connect(dsn) as conn, schema_errors(schema):
         return _find(conn, schema, message_ids, topic, key, limit)
 
 
@@ -115,7 +115,7 @@ def set_partitions(dsn: str, schema: str, partitions: int) -> bool:
     if not 1 <= partitions <= 1024:
         raise ConfigurationError("partitions must be between 1 and 1024")
     queries = bound(schema)
-    with connect(dsn) as conn, _schema_errors(schema), conn.transaction():
+    with connect(dsn) as conn, schema_errors(schema), conn.transaction():
         (current,) = _one(conn.execute(queries["settings"]).fetchone())
         if current == partitions:
             return False
@@ -129,7 +129,7 @@ def _act(
 ) -> list[DeadLetter]:
     if not any(filters.get(name) for name in ("message_ids", "topic", "key", "all")):
         raise ConfigurationError("name what to act on: --id, --topic, --key or --all")
-    with connect(dsn) as conn, _schema_errors(schema), conn.transaction():
+    with connect(dsn) as conn, schema_errors(schema), conn.transaction():
         found = _find(
             conn,
             schema,
@@ -167,17 +167,3 @@ def _find(
 def _one(row: Any) -> Any:
     assert row is not None
     return row
-
-
-class _schema_errors:
-    def __init__(self, schema: str) -> None:
-        self.schema = schema
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
-            raise SchemaNotMigrated(
-                f"no outboxkit tables in schema {self.schema!r}: run `outboxkit migrate`"
-            ) from exc

@@ -11,9 +11,10 @@ from typing import Any
 import psycopg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from migrations.current import require_current
 from outbox.backoff import message_backoff
 from outbox.db import aconnect
-from outbox.errors import DatabaseUnavailable, SchemaNotMigrated
+from outbox.errors import DatabaseUnavailable
 from outbox.faults import CrashPoints
 from outbox.settings import notify_channel
 from relay.brokers import Publisher, create_publisher
@@ -67,10 +68,13 @@ class Relay:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to the database and the broker; raise a typed error if either is down."""
+        """Connect to the database and the broker; raise a typed error if either is down.
+
+        Raises `SchemaNotMigrated` if the schema misses a migration this outboxkit ships.
+        """
         self._conn = await self._connect()
         try:
-            await self._check_schema(self._conn)
+            await require_current(self._conn, self.settings.schema)
             await self.publisher.connect()
         except BaseException:
             await self._conn.close()
@@ -173,15 +177,6 @@ class Relay:
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         name = f"outboxkit-relay {self.settings.relay_id}"[:63]
         return await aconnect(self.settings.dsn, application_name=name)
-
-    async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        try:
-            async with conn.transaction():
-                await conn.execute(self.queries["settings"])
-        except psycopg.errors.UndefinedTable:
-            raise SchemaNotMigrated(
-                f"no outboxkit tables in schema {self.settings.schema!r}: run `outboxkit migrate`"
-            ) from None
 
     async def _reconnect(self) -> None:
         self.ownership.forget()  # the session, and its advisory locks, are gone

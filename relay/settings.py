@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from outbox.errors import ConfigurationError
+from outbox.identifiers import check_schema_name
 from relay.semantics import Semantics, TopicSemantics
 
 
@@ -59,6 +60,7 @@ class RelaySettings:
             raise ConfigurationError("a database DSN is required (--dsn / OUTBOXKIT_DSN)")
         if not self.broker_url:
             raise ConfigurationError("a broker URL is required (--broker / OUTBOXKIT_BROKER)")
+        check_schema_name(self.schema)
         if not 1 <= self.batch_size <= 100_000:
             raise ConfigurationError("batch_size must be between 1 and 100000")
         if self.poll_interval <= 0:

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from outbox.identifiers import check_schema_name
+
 
 def env_option(
     parser: argparse.ArgumentParser,
@@ -43,11 +45,12 @@ def dsn_option(parser: argparse.ArgumentParser, *, required: bool = True) -> Non
 
 
 def schema_option(parser: argparse.ArgumentParser) -> None:
-    """--schema / OUTBOXKIT_SCHEMA."""
+    """--schema / OUTBOXKIT_SCHEMA; a name with control characters is a `ConfigurationError`."""
     env_option(
         parser,
         "--schema",
         "OUTBOXKIT_SCHEMA",
+        type=check_schema_name,
         default="outboxkit",
         help="schema holding the outboxkit tables",
     )

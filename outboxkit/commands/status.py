@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from inbox import admin as inbox_admin
+from outbox.errors import ConfigurationError
 from outboxkit.commands.options import dsn_option, schema_option
 from relay import admin
 
@@ -85,22 +86,23 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_dead_letters(args: argparse.Namespace) -> int:
-    """Handle `outboxkit dead-letters list|retry|purge`."""
-    filters = {
+    """Handle `outboxkit dead-letters list|retry|purge`, the relay's or (--inbox) the inbox's."""
+    filters: dict[str, Any] = {
         "message_ids": args.message_ids,
         "topic": args.topic,
         "key": args.key,
         "limit": args.limit,
     }
-    if args.action == "list":
-        found = admin.find_dead_letters(
-            args.dsn,
-            args.schema,
-            message_ids=args.message_ids,
-            topic=args.topic,
-            key=args.key,
-            limit=args.limit,
+    if args.inbox:
+        return _inbox_dead_letters(args, filters)
+    if args.consumer is not None:
+        # Acting on the relay's dead letters when the operator named a consumer would touch
+        # the wrong table: refuse instead of guessing.
+        raise ConfigurationError(
+            "--consumer names an inbox consumer: add --inbox to act on the inbox's dead letters"
         )
+    if args.action == "list":
+        found = admin.find_dead_letters(args.dsn, args.schema, **filters)
     else:
         act = admin.retry_dead_letters if args.action == "retry" else admin.purge_dead_letters
         found = act(args.dsn, args.schema, dry_run=args.dry_run, all=args.all, **filters)

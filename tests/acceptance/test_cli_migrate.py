@@ -129,3 +129,38 @@ def test_missing_dsn_is_an_error() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert "--dsn (or OUTBOXKIT_DSN) is required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "schema",
+    ["outboxkit\nDROP TABLE orders; --", "tab\there", "nul\x01", "lone \udcff"],
+    ids=["newline", "tab", "control", "lone-surrogate"],
+)
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_a_schema_name_with_control_characters_is_refused(schema: str, source: str) -> None:
+    """A newline in the name used to put a bare SQL line into the `--sql` script."""
+    if source == "flag":
+        result = outboxkit("migrate", "--sql", "--schema", schema)
+    else:
+        result = outboxkit("migrate", "--sql", env={"OUTBOXKIT_SCHEMA": schema})
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("outboxkit: error: invalid schema name ")
+
+
+def test_a_target_beyond_the_latest_is_an_error(empty_db: Database) -> None:
+    beyond = str(migrations.LATEST + 1)
+    applied = outboxkit("migrate", "--dsn", empty_db.dsn, "--target", beyond)
+    printed = outboxkit("migrate", "--sql", "--target", beyond)
+
+    for result in (applied, printed):
+        assert result.returncode == 2
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line == (
+            f"outboxkit: error: there is no migration {beyond}: this outboxkit ships "
+            f"migrations 1 to {migrations.LATEST}; nothing was applied"
+        )
+    assert migrations.status(empty_db.dsn)[0].applied_at is None

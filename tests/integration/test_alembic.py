@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -156,3 +158,38 @@ def test_non_psycopg_bind_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(UnsupportedConnection, match=r"postgresql\+psycopg://.*sqlite3"):
         command.upgrade(cfg, "head")
+
+
+def test_a_host_migrations_folder_shadowing_ours_fails_loudly(
+    empty_db: Database, tmp_path: Path
+) -> None:
+    """`alembic init migrations` (Alembic's and Flask-Migrate's default) puts a folder named
+    like our package first on sys.path; the runner then found no SQL file and the upgrade
+    reported success with no outboxkit table. It must fail, and say why."""
+    scripts = tmp_path / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(ENV_PY.format(search_path=""))
+    (scripts / "versions" / "0001_service.py").write_text(REVISION_PY)
+    (tmp_path / "alembic.ini").write_text(
+        "[alembic]\nscript_location = migrations\nprepend_sys_path = .\n"
+        f"sqlalchemy.url = {sqlalchemy_url(empty_db)}\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode != 0, "alembic upgrade head passed without outboxkit's migrations"
+    assert "MigrationError: no outboxkit migration files in " in result.stderr
+    assert str(scripts) in result.stderr  # where it looked, so the shadowing is plain
+    with psycopg.connect(empty_db.dsn) as conn:
+        found = conn.execute(
+            "SELECT to_regnamespace('outboxkit'), to_regclass('public.orders'),"
+            " to_regclass('public.alembic_version')"
+        ).fetchone()
+    assert found == (None, None, None)  # the whole revision rolled back

@@ -244,3 +244,25 @@ def test_rendered_sql_respects_target(monkeypatch: pytest.MonkeyPatch) -> None:
     assert f"-- {last_shipped.filename}" in script
     assert "extra_table" not in script
     assert "extra_table" in migrations.render_sql()
+
+
+def test_latest_is_the_newest_shipped_migration() -> None:
+    assert migrations.LATEST == migrations.latest() == migrations.available()[-1].version
+
+
+@pytest.mark.parametrize("target", [migrations.LATEST + 1, 0], ids=["beyond-latest", "zero"])
+def test_a_target_that_is_not_shipped_applies_nothing_and_says_so(
+    target: int, empty_db: Database, empty_admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with pytest.raises(outbox.MigrationError, match=f"no migration {target}: .* 1 to "):
+        migrations.apply(empty_db.dsn, target=target)
+    with pytest.raises(outbox.MigrationError, match=f"no migration {target}"):
+        migrations.render_sql(target=target)
+    with (
+        psycopg.connect(empty_db.dsn) as conn,
+        pytest.raises(outbox.MigrationError, match=f"no migration {target}"),
+    ):
+        migrations.apply_in_transaction(conn, target=target)
+
+    assert empty_admin.execute("SELECT to_regnamespace('outboxkit')").fetchone() == (None,)
+
