@@ -29,6 +29,7 @@ from outboxkit.devservers import PostgresServer
 from relay import Relay, RelaySettings
 from relay import admin as relay_admin
 from relay.brokers.base import Outcome
+from relay.semantics import TopicSemantics
 from tests.conftest import Database, new_database
 from tests.support.logins import Login, act_as, login, role
 from tests.support.publishers import RecordingPublisher
@@ -151,10 +152,13 @@ def test_writer_cannot_park_a_message_forever(
 
 
 async def test_relay_role_relays_retries_and_dead_letters(dsn: str, relay_login: Login) -> None:
-    """Every fifth message (keyless) is poison; the one after each fails once first."""
+    """Every fifth message is poison (keyless but the last, which parks its key); the one
+    after each fails once first; telemetry goes at most once."""
     tried: set[int] = set()
 
     def script(message: Message) -> Outcome | None:
+        if message.topic != "t":
+            return None
         n = int(message.payload)
         if n % 5 == 0:
             return Outcome.reject("poison")
@@ -166,7 +170,13 @@ async def test_relay_role_relays_retries_and_dead_letters(dsn: str, relay_login:
     with psycopg.connect(dsn) as conn:
         outbox.write_many(
             conn,
-            [outbox.message("t", n, key=None if n % 5 == 0 else f"k{n % 3}") for n in range(1, 21)],
+            [
+                outbox.message(
+                    "t", n, key="poison" if n == 20 else None if n % 5 == 0 else f"k{n % 3}"
+                )
+                for n in range(1, 21)
+            ]
+            + [outbox.message("telemetry.cpu", 100 + n) for n in range(3)],
         )
     publisher = RecordingPublisher(script=script)
     relay = Relay(
@@ -176,20 +186,31 @@ async def test_relay_role_relays_retries_and_dead_letters(dsn: str, relay_login:
             poll_interval=0.05,
             backoff_base=0.01,
             backoff_max=0.05,
+            heartbeat_interval=0.05,
+            semantics=TopicSemantics.parse("telemetry.*=at_most_once"),
         ),
         publisher=publisher,
     )
     await relay.start()
     task = asyncio.create_task(relay.run())
     try:
-        await eventually(lambda: _value(len(publisher.acked) == 16))
+        await eventually(lambda: _value(len(publisher.acked) == 19))
+        await eventually(lambda: _value(heartbeat_renewed(dsn)))  # the upsert's UPDATE branch
     finally:
         relay.stop()
         await asyncio.wait_for(task, 30)
     assert len(tried) == 4  # the backoff path (UPDATE attempts, last_error, available_at) ran
     assert sorted(d.topic for d in relay_admin.find_dead_letters(dsn)) == ["t"] * 4
     status = relay_admin.status(relay_login.dsn)  # `outboxkit status` runs as the relay too
-    assert sum(status.dead_letters.values()) == 4
+    assert (sum(status.dead_letters.values()), status.blocked_keys) == (4, {"dead_letter": 1})
+
+
+def heartbeat_renewed(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT bool_or(heartbeat_at > started_at) FROM outboxkit.outbox_relays"
+        ).fetchone()
+        return bool(row and row[0])
 
 
 @pytest.mark.parametrize(
@@ -389,6 +410,11 @@ async def test_admin_role_runs_status_and_dead_letters(
     assert len(inbox_admin.retry_dead_letters(operator.dsn, consumer="billing")) == 1
     assert len(inbox_admin.purge_dead_letters(operator.dsn, consumer="shipping")) == 1
     assert inbox_admin.find_dead_letters(operator.dsn) == []
+    admin.execute(
+        "INSERT INTO outboxkit.inbox_messages (consumer, message_id, topic, processed_at)"
+        " VALUES ('shipping', gen_random_uuid(), 't', now() - interval '2 days')"
+    )
+    assert await prune(operator.dsn, older_than=3600) == 1  # `outboxkit inbox prune`
 
     denied(operator.dsn, "UPDATE outboxkit.outbox_settings SET partitions = 1")
     denied(operator.dsn, f"UPDATE {MESSAGES} SET payload = ''")
@@ -451,6 +477,37 @@ def test_upgrade_from_the_cluster_wide_roles(empty_db: Database) -> None:
             conn.commit()
 
 
+def test_without_createrole_a_dba_creates_the_roles_and_the_owner_grants(
+    pg_server: PostgresServer,
+) -> None:
+    dbname = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as server:
+        owner = login(server, pg_server.dsn())  # owns the database; no CREATEROLE
+        server.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(dbname), sql.Identifier(owner.name)
+            )
+        )
+        owner_dsn = owner.dsn.replace("/postgres", f"/{dbname}")
+        try:
+            migrations.apply(owner_dsn)
+            names = migrations.role_names(owner_dsn, "outboxkit")
+            created = server.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname = ANY (%s)", (list(names.values()),)
+            ).fetchone()
+            assert created == (0,)  # recorded, not created: the migration went through
+            for name in names.values():
+                server.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
+            with psycopg.connect(owner_dsn, autocommit=True) as conn:
+                conn.execute("SELECT outboxkit.outboxkit_grant_roles()")
+            writer = login(server, owner_dsn, names["writer"])
+            with psycopg.connect(writer.dsn) as conn:
+                outbox.write(conn, "t", {})
+                conn.commit()
+        finally:
+            server.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(dbname)))
+
+
 @pytest.mark.parametrize(
     ("dbname", "prefix", "expected"),
     [
@@ -465,13 +522,21 @@ def test_role_names_fit_and_follow_the_prefix(
     with psycopg.connect(pg_server.dsn(), autocommit=True) as server:
         server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         try:
-            migrations.apply(pg_server.dsn(dbname), role_prefix=prefix)
+            chosen = ["--role-prefix", prefix] if prefix else []
+            assert cli(["migrate", "--dsn", pg_server.dsn(dbname), *chosen]) == 0
             names = migrations.role_names(pg_server.dsn(dbname), "outboxkit")
         finally:
             server.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(dbname)))
     assert names["writer"].startswith(expected)
     assert all(len(name.encode()) <= 63 for name in names.values())
     assert len(set(names.values())) == 4
+
+
+def test_rendered_sql_takes_the_role_prefix(empty_db: Database) -> None:
+    prefix = f"sql_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(empty_db.dsn, autocommit=True) as conn:
+        conn.execute(migrations.render_sql(role_prefix=prefix).encode())
+    assert migrations.role_names(empty_db.dsn, "outboxkit")["relay"] == f"{prefix}_relay"
 
 
 @pytest.mark.parametrize("prefix", ["", "x" * 55, "pg_mine", "a\x00b"])
