@@ -61,13 +61,15 @@ $names$;
 -- (outbox.building.MAX_DELAY): whoever inserts, no message can hide from every relay or wait
 -- forever (which would also skew the oldest-age metric). Checked once per statement over all
 -- the inserted rows: a row trigger would add a call and a settings lookup to every message.
+-- 8760 hours, not '365 days': a day is calendar time, an hour shorter or longer across a
+-- daylight-saving change, and the longest delay the API accepts must always pass.
 CREATE FUNCTION outbox_check_new_messages() RETURNS trigger LANGUAGE plpgsql AS $check$
 BEGIN
     IF EXISTS (
         SELECT FROM new_messages AS n CROSS JOIN outbox_settings AS s
         WHERE n.partition <> (hashtext(coalesce(n.key, n.message_id::text)) & 2147483647)
                              % s.partitions
-           OR n.available_at > now() + interval '365 days'
+           OR n.available_at > now() + interval '8760 hours'
     ) THEN
         RAISE EXCEPTION 'an outbox row must have the partition of its key and be available '
                         'within 365 days' USING ERRCODE = 'check_violation';
@@ -213,7 +215,8 @@ DO $upgrade$
 DECLARE
     old text;
 BEGIN
-    -- Whatever schema or database calls this function, it works on this schema's tables.
+    -- Both functions resolve names in this schema whatever the caller's search_path, and
+    -- pg_temp comes last: a writer cannot shadow outbox_settings with a table of its own.
     EXECUTE format('ALTER FUNCTION outboxkit_grant_roles() SET search_path = %I, pg_temp',
                    current_schema());
     EXECUTE format('ALTER FUNCTION outbox_check_new_messages() SET search_path = %I, pg_temp',

@@ -8,7 +8,7 @@ BEGIN
         SELECT FROM new_messages AS n CROSS JOIN outbox_settings AS s
         WHERE n.partition <> (hashtext(coalesce(n.key, n.message_id::text)) & 2147483647)
                              % s.partitions
-           OR n.available_at > now() + interval '365 days'
+           OR n.available_at > now() + interval '8760 hours'
     ) THEN
         RAISE EXCEPTION 'an outbox row must have the partition of its key and be available '
                         'within 365 days' USING ERRCODE = 'check_violation';

@@ -137,6 +137,19 @@ def test_writer_cannot_choose_the_partition(writer: Login, conn: psycopg.Connect
         wconn.commit()
 
 
+def test_writer_cannot_shadow_the_settings_the_check_reads(
+    writer: Login, conn: psycopg.Connection[Any]
+) -> None:
+    """With one partition in a settings table of its own, partition 0 would pass."""
+    assert right_partition(conn, "k") != 0
+    with psycopg.connect(writer.dsn) as wconn:
+        wconn.execute("CREATE TEMP TABLE outbox_settings (partitions int)")
+        wconn.execute("INSERT INTO outbox_settings VALUES (1)")
+        wconn.execute("SET search_path = pg_temp, outboxkit, public")
+        with pytest.raises(CheckViolation):
+            insert(wconn, "partition", "0")
+
+
 @pytest.mark.parametrize(
     "available_at", ["'infinity'", "now() + interval '365 days 1 second'", "'9999-01-01'"]
 )
