@@ -5,6 +5,7 @@
     migrations.status("postgresql://…")                        # applied and pending
     print(migrations.render_sql(schema="outboxkit"))           # for Flyway/Alembic users
     migrations.LATEST                                          # the newest shipped number
+    migrations.role_names("postgresql://…", "outboxkit")      # {"writer": "db_outboxkit_writer", …}
 
 Each numbered `NNNN_name.sql` file runs once, in its own transaction, with `search_path`
 set to the target schema; a version table in that schema records version, checksum and time.
@@ -14,6 +15,7 @@ A run that would apply nothing because no migration file is found, or a `target`
 """
 
 from migrations.current import require_current
+from migrations.roles import role_names
 from migrations.runner import (
     DEFAULT_SCHEMA,
     LATEST,
@@ -38,5 +40,6 @@ __all__ = [
     "latest",
     "render_sql",
     "require_current",
+    "role_names",
     "status",
 ]

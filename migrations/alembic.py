@@ -27,13 +27,16 @@ class AlembicOperations(Protocol):
 
 
 def upgrade_outboxkit(
-    op: AlembicOperations, schema: str = DEFAULT_SCHEMA, target: int | None = None
+    op: AlembicOperations,
+    schema: str = DEFAULT_SCHEMA,
+    target: int | None = None,
+    role_prefix: str | None = None,
 ) -> list[Migration]:
     """Apply pending outboxkit migrations (up to `target`) in Alembic's current transaction.
 
     Pin `target` to the outboxkit version your revision was written for. Returns the
     migrations applied; raises `UnsupportedConnection` unless Alembic runs online on a
-    synchronous `postgresql+psycopg://` engine.
+    synchronous `postgresql+psycopg://` engine. `role_prefix` as in `migrations.apply`.
     """
     bind = op.get_bind()
     driver = getattr(getattr(bind, "connection", None), "driver_connection", None)
@@ -44,4 +47,4 @@ def upgrade_outboxkit(
             f"{type(driver).__qualname__} driver connection; in offline (--sql) mode include "
             f"the output of `outboxkit migrate --sql` instead"
         )
-    return apply_in_transaction(driver, schema, target=target)
+    return apply_in_transaction(driver, schema, target=target, role_prefix=role_prefix)

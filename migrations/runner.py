@@ -14,11 +14,14 @@ import psycopg
 from psycopg import sql
 
 from outbox import db
-from outbox.errors import ChecksumMismatch, MigrationError
+from outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
 from outbox.identifiers import check_schema_name
+from outbox.limits import text_problem
 
 DEFAULT_SCHEMA = "outboxkit"
 VERSION_TABLE = "outboxkit_migrations"
+# The custom setting migration 0005 reads its role prefix from (see `apply`).
+ROLE_PREFIX_SETTING = "outboxkit.role_prefix"
 # First key of the two-int advisory lock; the second is hashtext(schema).
 _LOCK_CLASS = 0x0B0C_0001
 
@@ -92,15 +95,24 @@ def _location() -> str:
 LATEST: Final[int] = max((m.version for m in _shipped()), default=0)
 
 
-def apply(dsn: str, schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> list[Migration]:
+def apply(
+    dsn: str,
+    schema: str = DEFAULT_SCHEMA,
+    *,
+    target: int | None = None,
+    role_prefix: str | None = None,
+) -> list[Migration]:
     """Apply what is pending (up to `target`), each migration in its own transaction.
 
     Safe to run from many processes at once: an advisory lock serialises them and each
     migration is applied exactly once. Returns the migrations this call applied.
     Raises `MigrationError` if `target` is not a shipped migration number.
+    `role_prefix` names the schema's roles (`<prefix>_writer`, ...) when migration 0005
+    creates them; by default `<database>_<schema>`.
     """
     check_schema_name(schema)
     _check_target(target)
+    _check_role_prefix(role_prefix)
     with _connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
         try:
@@ -109,7 +121,7 @@ def apply(dsn: str, schema: str = DEFAULT_SCHEMA, *, target: int | None = None) 
                 pending = _pending(conn, schema, target)
             for migration in pending:
                 with conn.transaction():
-                    _run(conn, schema, migration)
+                    _run(conn, schema, migration, role_prefix)
             return pending
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
@@ -120,6 +132,7 @@ def apply_in_transaction(
     schema: str = DEFAULT_SCHEMA,
     *,
     target: int | None = None,
+    role_prefix: str | None = None,
 ) -> list[Migration]:
     """Apply what is pending inside the caller's open transaction (for Alembic revisions).
 
@@ -127,11 +140,12 @@ def apply_in_transaction(
     """
     check_schema_name(schema)
     _check_target(target)
+    _check_role_prefix(role_prefix)
     conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, schema))
     _ensure_version_table(conn, schema)
     pending = _pending(conn, schema, target)
     for migration in pending:
-        _run(conn, schema, migration)
+        _run(conn, schema, migration, role_prefix)
     return pending
 
 
@@ -153,7 +167,9 @@ def status(dsn: str, schema: str = DEFAULT_SCHEMA) -> list[MigrationState]:
     return states
 
 
-def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> str:
+def render_sql(
+    schema: str = DEFAULT_SCHEMA, *, target: int | None = None, role_prefix: str | None = None
+) -> str:
     """The SQL that `apply` would run on an empty database, as one script.
 
     Every identifier is quoted by `psycopg.sql`; `check_schema_name` keeps newlines out of
@@ -161,6 +177,7 @@ def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> st
     """
     check_schema_name(schema)
     _check_target(target)
+    _check_role_prefix(role_prefix)
     schema_id = sql.Identifier(schema).as_string()
     lines = [
         f"-- outboxkit migrations for schema {schema_id}",
@@ -182,6 +199,7 @@ def render_sql(schema: str = DEFAULT_SCHEMA, *, target: int | None = None) -> st
             f"-- {migration.filename}",
             "BEGIN;",
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)).as_string() + ";",
+            *([_role_prefix_sql(role_prefix).as_string() + ";"] if role_prefix else []),
             migration.sql.strip(),
             record.as_string() + ";",
             "COMMIT;",
@@ -205,6 +223,23 @@ def _check_target(target: int | None) -> None:
             f"there is no migration {target}: this outboxkit ships migrations 1 to {newest}; "
             "nothing was applied"
         )
+
+
+def _check_role_prefix(prefix: str | None) -> None:
+    # Role names are at most 63 bytes and the longest suffix is "_consumer".
+    if prefix is not None and (
+        not prefix or text_problem(prefix, 54) is not None or prefix.startswith("pg_")
+    ):
+        raise ConfigurationError(
+            f"invalid role prefix {prefix!r}: 1 to 54 bytes, no control characters, "
+            "not starting with pg_"
+        )
+
+
+def _role_prefix_sql(prefix: str | None) -> sql.Composed:
+    return sql.SQL("SELECT set_config({}, {}, true)").format(
+        sql.Literal(ROLE_PREFIX_SETTING), sql.Literal(prefix)
+    )
 
 
 def _version_table_sql(schema: str) -> sql.Composed:
@@ -273,12 +308,19 @@ def _pending(
     return pending
 
 
-def _run(conn: psycopg.Connection[tuple[object, ...]], schema: str, migration: Migration) -> None:
+def _run(
+    conn: psycopg.Connection[tuple[object, ...]],
+    schema: str,
+    migration: Migration,
+    role_prefix: str | None,
+) -> None:
     # Restore the caller's search_path afterwards (RESET would drop a session-level SET made
     # by the owner of the transaction, e.g. an Alembic env.py).
     row = conn.execute("SELECT current_setting('search_path')").fetchone()
     previous = str(row[0]) if row else ""
     conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+    if role_prefix:
+        conn.execute(_role_prefix_sql(role_prefix))
     try:
         conn.execute(migration.sql.encode())
     except psycopg.Error as exc:

@@ -20,6 +20,9 @@ from outbox.settings import OutboxSettings
 from outbox.tracing import current_trace_headers
 
 MAX_KEY_LENGTH = 1024
+# The longest delay; migration 0005 refuses outbox rows available later than this, so no
+# message can be parked forever (or skew the oldest-age metric) whoever writes it.
+MAX_DELAY = timedelta(days=365)
 
 
 def build_message(
@@ -99,6 +102,6 @@ def _as_delay(delay: timedelta | float | None) -> timedelta | None:
     if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
         raise InvalidMessage("delay must be a timedelta or a number of seconds")
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0 or seconds != seconds:
-        raise InvalidMessage("delay must not be negative")
+    if not 0 <= seconds <= MAX_DELAY.total_seconds():  # also refuses NaN and infinity
+        raise InvalidMessage(f"delay must be between 0 and {MAX_DELAY.days} days")
     return timedelta(seconds=seconds)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import migrations
-from outboxkit.commands.options import dsn_option, schema_option
+from outboxkit.commands.options import dsn_option, env_option, schema_option
 
 
 def register(subparsers: Any) -> None:
@@ -23,13 +23,23 @@ def register(subparsers: Any) -> None:
         "--sql", action="store_true", help="print the SQL instead of running it (no database)"
     )
     parser.add_argument("--target", type=int, help="stop after this version")
+    env_option(
+        parser,
+        "--role-prefix",
+        "OUTBOXKIT_ROLE_PREFIX",
+        help="name the schema's roles <prefix>_writer, _relay, _consumer, _admin when they are "
+        "created (default <database>_<schema>)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handle `outboxkit migrate`."""
     if args.sql:
-        print(migrations.render_sql(args.schema, target=args.target), end="")
+        print(
+            migrations.render_sql(args.schema, target=args.target, role_prefix=args.role_prefix),
+            end="",
+        )
         return 0
     if not args.dsn:
         print("outboxkit migrate: error: --dsn (or OUTBOXKIT_DSN) is required", file=sys.stderr)
@@ -40,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
             note = "" if state.known else "  (unknown to this outboxkit version)"
             print(f"{state.version:04d}_{state.name:<30} {when}{note}")
         return 0
-    applied = migrations.apply(args.dsn, args.schema, target=args.target)
+    applied = migrations.apply(
+        args.dsn, args.schema, target=args.target, role_prefix=args.role_prefix
+    )
     for migration in applied:
         print(f"applied {migration.filename}")
     if not applied:

@@ -152,8 +152,9 @@ def seed(conn: psycopg.Connection[Any]) -> None:
     # Unrelated pending work on both sides, which no verb may touch.
     conn.execute(
         "INSERT INTO outboxkit.outbox_messages (message_id, topic, key, partition, payload,"
-        " content_type) VALUES (gen_random_uuid(), 'orders.created', 'k1', 0, '\\x7b7d',"
-        " 'application/json')"
+        " content_type) SELECT gen_random_uuid(), 'orders.created', 'k1',"
+        " (hashtext('k1') & 2147483647) % partitions, '\\x7b7d', 'application/json'"
+        " FROM outboxkit.outbox_settings"
     )
     conn.execute(
         "INSERT INTO outboxkit.inbox_messages (consumer, message_id, topic, key)"
@@ -164,9 +165,11 @@ def seed(conn: psycopg.Connection[Any]) -> None:
         conn.execute(
             "INSERT INTO outboxkit.outbox_dead_letters (id, message_id, topic, key, partition,"
             " payload, content_type, headers, created_at, attempts, last_error)"
-            " VALUES (%s, %s, %s, %s, 0, '\\x7b7d', 'application/json', '{}', now(), 10,"
-            " 'broker said no')",
-            (n, IDS[name], topic, key),
+            " SELECT %s, %s, %s, %s,"
+            " (hashtext(coalesce(%s, %s::text)) & 2147483647) %% partitions,"
+            " '\\x7b7d', 'application/json', '{}', now(), 10, 'broker said no'"
+            " FROM outboxkit.outbox_settings",
+            (n, IDS[name], topic, key, key, IDS[name]),
         )
     for consumer, names in INBOX_DEAD.items():
         for name in names:

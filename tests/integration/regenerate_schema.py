@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from psycopg import sql
+
 import migrations
 from outboxkit.devservers import PostgresServer
 from outboxkit.devservers.postgres import _bin_dir
@@ -20,7 +22,11 @@ _NOISE = ("--", "SET ", "SELECT pg_catalog.set_config(", "\\restrict ", "\\unres
 
 
 def dump_schema(dsn: str, schema: str = migrations.DEFAULT_SCHEMA) -> str:
-    """`pg_dump --schema-only` of `schema` without comments, SET lines and blank lines."""
+    """`pg_dump --schema-only` of `schema` without comments, SET lines and blank lines.
+
+    The row-level policies name the schema's roles, whose names depend on the database's
+    name (see migration 0005): they read as `<writer role>`, `<consumer role>`, ...
+    """
     result = subprocess.run(
         [
             str(_bin_dir() / "pg_dump"),
@@ -39,7 +45,11 @@ def dump_schema(dsn: str, schema: str = migrations.DEFAULT_SCHEMA) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"pg_dump failed: {result.stderr.strip()}")
     lines = (line.rstrip() for line in result.stdout.splitlines())
-    return "".join(f"{line}\n" for line in lines if line and not line.startswith(_NOISE))
+    dump = "".join(f"{line}\n" for line in lines if line and not line.startswith(_NOISE))
+    for kind, name in migrations.role_names(dsn, schema).items():
+        for spelling in (sql.Identifier(name).as_string(), name):
+            dump = dump.replace(f" {spelling} ", f" <{kind} role> ")
+    return dump
 
 
 def main() -> None:

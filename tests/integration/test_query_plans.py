@@ -17,6 +17,7 @@ from psycopg import sql
 import outbox
 from inbox import Inbox
 from relay.queries import bound as relay_queries
+from tests.support.logins import act_as, login, role
 
 BACKLOG = 20_000
 OUTBOX = "outbox_messages"
@@ -109,16 +110,36 @@ def stored_inbox(dsn: str) -> Iterator[tuple[psycopg.Connection[Any], Inbox]]:
         yield conn, ib
 
 
-def test_durable_worker_queries_use_indexes(
+@pytest.fixture(params=["owner", "consumer role"])
+def worker_conn(
+    request: pytest.FixtureRequest,
     stored_inbox: tuple[psycopg.Connection[Any], Inbox],
+    dsn: str,
+    admin: psycopg.Connection[Any],
+) -> Iterator[psycopg.Connection[Any]]:
+    """The owner's connection, or a consumer login's: row-level security then adds its
+    policy to every query, and the plans must still go by index."""
+    owner, ib = stored_inbox
+    if request.param == "owner":
+        yield owner
+        return
+    worker = login(admin, dsn, role(dsn, "consumer"))
+    act_as(admin, worker.name, ib.consumer)
+    with psycopg.connect(worker.dsn) as conn:
+        yield conn
+
+
+def test_durable_worker_queries_use_indexes(
+    stored_inbox: tuple[psycopg.Connection[Any], Inbox], worker_conn: psycopg.Connection[Any]
 ) -> None:
-    conn, ib = stored_inbox
+    ib, conn = stored_inbox[1], worker_conn
     seqs = [
         r[0]
         for r in conn.execute(
             "SELECT seq FROM outboxkit.inbox_messages WHERE processed_at IS NULL LIMIT 100"
         )
     ]
+    assert len(seqs) == 100  # the consumer login sees its consumer's rows
     assert seq_scans(conn, ib.queries["claim"], {"consumer": "plans", "limit": 100}) == []
     processed = {"consumer": "plans", "seqs": seqs, "keep_payload": False}
     assert seq_scans(conn, ib.queries["mark_processed"], processed) == []

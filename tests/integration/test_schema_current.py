@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import psycopg
@@ -11,6 +10,7 @@ import pytest
 import migrations
 import outbox
 from tests.conftest import Database
+from tests.support import logins
 
 
 async def test_names_the_applied_and_the_latest_migration_and_the_command(
@@ -42,11 +42,10 @@ async def test_a_migration_from_a_newer_outboxkit_is_fine(dsn: str) -> None:
         await migrations.require_current(conn, migrations.DEFAULT_SCHEMA)
 
 
-@pytest.mark.parametrize("role", ["outboxkit_relay", "outboxkit_consumer"])
+@pytest.mark.parametrize("kind", ["relay", "consumer"])
 async def test_works_under_the_least_privilege_roles(
-    role: str, admin: psycopg.Connection[Any], dsn: str
+    kind: str, admin: psycopg.Connection[Any], dsn: str
 ) -> None:
-    name = f"{role}_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE ROLE "{name}" LOGIN IN ROLE {role}')
-    async with await psycopg.AsyncConnection.connect(dsn.replace("postgres@", f"{name}@")) as conn:
+    member = logins.login(admin, dsn, logins.role(dsn, kind))
+    async with await psycopg.AsyncConnection.connect(member.dsn) as conn:
         await migrations.require_current(conn, migrations.DEFAULT_SCHEMA)

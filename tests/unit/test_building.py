@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import outbox
+from outbox.building import MAX_DELAY
 from outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE
 
 
@@ -128,7 +129,21 @@ def test_headers_accept_any_mapping() -> None:
     assert outbox.message("t", {}, headers=Frozen()).headers == {"a": "1"}
 
 
-@pytest.mark.parametrize("delay", [-1, -0.001, timedelta(seconds=-1), float("nan"), True, "5", [1]])
+@pytest.mark.parametrize(
+    "delay",
+    [
+        -1,
+        -0.001,
+        timedelta(seconds=-1),
+        float("nan"),
+        float("inf"),
+        1e300,
+        MAX_DELAY + timedelta(seconds=1),
+        True,
+        "5",
+        [1],
+    ],
+)
 def test_invalid_delay(delay: Any) -> None:
     with pytest.raises(outbox.InvalidMessage, match="delay"):
         outbox.message("t", {}, delay=delay)
@@ -136,7 +151,12 @@ def test_invalid_delay(delay: Any) -> None:
 
 @pytest.mark.parametrize(
     ("delay", "expected"),
-    [(0, timedelta(0)), (3, timedelta(seconds=3)), (timedelta(minutes=2), timedelta(minutes=2))],
+    [
+        (0, timedelta(0)),
+        (3, timedelta(seconds=3)),
+        (timedelta(minutes=2), timedelta(minutes=2)),
+        (MAX_DELAY, MAX_DELAY),
+    ],
 )
 def test_valid_delay(delay: float | timedelta, expected: timedelta) -> None:
     assert outbox.message("t", {}, delay=delay).delay == expected
