@@ -5,7 +5,8 @@ Pure: no HTTP client is imported here (the write path never imports a broker cli
 
 URL: `http[s]://[user:password@]host[:port]/path[?query]`. The URL itself is the endpoint.
 `{topic}` in the path (also when percent-encoded, `%7Btopic%7D`) is replaced by the
-message's topic, percent-encoded as one path segment (`/` becomes `%2F`):
+message's topic, percent-encoded as one path segment (`/` becomes `%2F`, and a topic `.` or
+`..` becomes `%2E` or `%2E%2E`, so no topic climbs out of its segment):
 `http://hooks.internal/events/{topic}`. Query parameters named `outboxkit_*` are outboxkit's
 options and are removed; every other parameter belongs to the endpoint and is sent exactly
 as written. A user and password in the URL are sent as HTTP Basic auth (and required by our
@@ -19,36 +20,32 @@ Headers (names are case-insensitive in HTTP; shown here as sent):
     Outboxkit-Message-Id: <message id>     Outboxkit-Topic: <topic>
     Outboxkit-Key: <key>  (if any)         Outboxkit-Created-At: <ISO 8601>  (if known)
     Outboxkit-Attempt: <n>                 Outboxkit-Header-<name>: <user header value>
-    Outboxkit-Signature: t=<unix seconds>,v1=<hex>  (with a secret)
+    Content-Digest: sha-256=:<base64>:     (with a secret)
+    Outboxkit-Signature: t=<unix seconds>,v2=<hex>  (with a secret)
 
 Values of the topic, the key and user headers are percent-encoded as UTF-8 (like URL
 components): `%`, spaces, control characters and non-ASCII are escaped, everything else is
 sent as is, so `order.created` stays readable. User header names are encoded the same way,
 upper-case letters are escaped too (`X-Id` -> `%58-%49d`) because HTTP does not keep the
 case of header names, and escapes use lower-case hex, so names are all lower case (as HTTP/2
-wants them): every user header round-trips exactly.
+wants them): every user header round-trips exactly. A receiver refuses (400) a decoded value
+that cannot be stored: control characters (NUL included; user header values may hold
+newlines), text that is not UTF-8, or more bytes than `outbox.limits` allows.
 
-Signature (`outboxkit_secret_env=NAME`): `v1` is the hex HMAC-SHA256, keyed with the secret,
-of the bytes
+Signature (`outboxkit_secret_env=NAME`): `Content-Digest` and `Outboxkit-Signature: t=<unix
+seconds>,v2=<hex>`, an HMAC-SHA256 over every envelope field, every user header, the attempt
+and the body digest; `outbox.http_signature` defines it precisely. Options:
+`outboxkit_sign=v2` (the publisher's; `v1,v2` also signs the old way, for receivers not yet
+upgraded) and `outboxkit_accept_v1=false` (the receiver's; true accepts the old `v1`, which
+leaves the attempt, the content type and user headers unsigned: for a rolling upgrade only).
 
-    f"{t}\\n{message_id}\\n{topic}\\n{key}\\n".encode() + body
-
-where `t` is the `t=` value, `message_id`, `topic` and `key` are the `Outboxkit-Message-Id`,
-`Outboxkit-Topic` and `Outboxkit-Key` header values exactly as received (still encoded; ""
-without a key) and `body` is the raw request body. Unlike a signature of the body alone, it
-also binds the message id (a replay under a fresh id would dodge the receiver's dedup) and
-the topic (which chooses the handler); header values never contain a newline, so the
-separators are unambiguous. To verify: split the header on `,`, take `t` and every `v1`,
-refuse the request if `|now - t|` exceeds the tolerance (300 s by default: the replay
-window), recompute the HMAC and compare it with each `v1` in constant time. The variable
-may hold several secrets separated by whitespace: the publisher signs with each (one `v1`
-per secret) and the receiver accepts any, so a secret can be rotated without downtime.
+A receiver needs credentials: a secret or a user in the URL. Without either our consumer
+refuses to start unless the URL says `outboxkit_insecure_no_auth=true` (then it logs a
+warning): anyone who can reach it could otherwise post messages into its inbox.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -56,17 +53,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from outbox.envelope import CONTENT_TYPE, KEY, MESSAGE_ID, RESERVED, TOPIC, from_headers, to_headers
+from outbox import limits
+from outbox.envelope import CONTENT_TYPE, KEY, RESERVED, TOPIC, from_headers, to_headers
 from outbox.errors import ConfigurationError, InvalidMessage
+from outbox.http_signature import DEFAULT_VERSIONS, VERSIONS
 from outbox.message import Message
 from outbox.redact import redact_dsn
 
 OPTION_PREFIX = "outboxkit_"
 HEADER_PREFIX = "outboxkit-header-"
 ATTEMPT = "outboxkit-attempt"
-SIGNATURE = "outboxkit-signature"
 IDEMPOTENCY_KEY = "idempotency-key"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 256
 
 _PLACEHOLDER = re.compile(r"\{topic\}|%7Btopic%7D", re.IGNORECASE)
 # Printable ASCII but `%`: what a header value keeps unescaped (quote() adds letters, digits, _.-~).
@@ -100,16 +100,21 @@ class HttpOptions:
     concurrency: int = 16
     retry_status: frozenset[int] = frozenset()
     ca_file: str | None = None
+    sign: tuple[str, ...] = DEFAULT_VERSIONS
     # consumer
     listen: tuple[str, int] | None = None
     tolerance: float = 300.0
     hold_timeout: float = 60.0
+    accept_v1: bool = False
+    insecure_no_auth: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
 
     def url_for(self, topic: str) -> str:
         """The URL a message of `topic` is posted to."""
         path = self.path_prefix
         if self.path_suffix is not None:
-            path += quote(topic, safe="") + self.path_suffix
+            path += topic_segment(topic) + self.path_suffix
         return f"{self.origin}{path}" + (f"?{self.query}" if self.query else "")
 
     def match_path(self, raw_path: str) -> tuple[bool, str | None]:
@@ -128,6 +133,11 @@ class HttpOptions:
             return True, unquote(segment, errors="strict")
         except UnicodeDecodeError:
             return False, None
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether a receiver checks credentials: a signing secret or a Basic user."""
+        return self.secret_env is not None or self.user is not None
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -159,6 +169,13 @@ class HttpOptions:
 
 
 Converter = Callable[[str], Any]
+
+
+def topic_segment(topic: str) -> str:
+    """`topic` as one path segment: `/` escaped, and `.`/`..` escaped too, since clients and
+    proxies remove those dot segments (`/events/../in` is `/in`)."""
+    segment = quote(topic, safe="")
+    return "%2E" * len(segment) if segment in (".", "..") else segment
 
 
 def _bool(raw: str) -> bool:
@@ -197,6 +214,13 @@ def _statuses(raw: str) -> frozenset[int]:
     return found
 
 
+def _versions(raw: str) -> tuple[str, ...]:
+    found = tuple(dict.fromkeys(v.strip() for v in raw.split(",") if v.strip()))
+    if "v2" not in found or any(v not in VERSIONS for v in found):
+        raise ValueError(f"expected v2 or v1,v2, got {raw!r}")
+    return found
+
+
 def _listen(raw: str) -> tuple[str, int]:
     host, sep, port = raw.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -212,9 +236,14 @@ OPTIONS: dict[str, Converter] = {
     "concurrency": _count(1, 1024),
     "retry_status": _statuses,
     "ca_file": str,
+    "sign": _versions,
     "listen": _listen,
     "tolerance": _positive,
     "hold_timeout": _positive,
+    "accept_v1": _bool,
+    "insecure_no_auth": _bool,
+    "max_connections": _count(1, 65536),
+    "max_buffered_bytes": _count(1, 2**40),
 }
 
 
@@ -332,7 +361,17 @@ def message_from_headers(
             raise InvalidMessage(f"header {name} is not valid percent-encoded UTF-8") from None
         if key in target:
             raise InvalidMessage(f"header {name} appears more than once")
+        _check_storable(name, key if target is user else None, decoded)
         target[key] = decoded
+    if len(user) > limits.MAX_HEADERS:
+        raise InvalidMessage(f"{len(user)} user headers; the maximum is {limits.MAX_HEADERS}")
+    size = sum(limits.utf8_length(k) + limits.utf8_length(v) for k, v in user.items())
+    if size > limits.MAX_HEADERS_BYTES:
+        raise InvalidMessage(
+            f"user headers are {size} bytes; the maximum is {limits.MAX_HEADERS_BYTES}"
+        )
+    if topic is not None and (problem := limits.text_problem(topic, limits.MAX_TOPIC_BYTES)):
+        raise InvalidMessage(f"the topic in the path {problem}")
     message = from_headers(user | envelope, body, topic=topic)
     if topic is not None and message.topic != topic:
         raise InvalidMessage(
@@ -347,57 +386,25 @@ def attempt_of(headers: Mapping[str, str]) -> int:
     return max(int(raw), 1) if raw.isdigit() and len(raw) < 10 else 1
 
 
-# -- signatures -------------------------------------------------------------------------
+# The UTF-8 bytes each decoded envelope field may hold (others: the key's limit).
+_FIELD_LIMITS = {
+    TOPIC: limits.MAX_TOPIC_BYTES,
+    KEY: limits.MAX_KEY_BYTES,
+    CONTENT_TYPE: limits.MAX_HEADER_VALUE_BYTES,
+}
 
 
-def signed_content(timestamp: int, message_id: str, topic: str, key: str, body: bytes) -> bytes:
-    """The bytes the `v1` HMAC covers (header values as sent; see the module docstring)."""
-    return f"{timestamp}\n{message_id}\n{topic}\n{key}\n".encode() + body
+def _check_storable(header: str, user_name: str | None, value: str) -> None:
+    """`InvalidMessage` unless the decoded field can be stored in the inbox.
 
-
-def sign(secrets: list[bytes], timestamp: int, headers: Mapping[str, str], body: bytes) -> str:
-    """The `Outboxkit-Signature` value for a request with these envelope `headers`."""
-    content = _content(timestamp, headers, body)
-    digests = (hmac.new(s, content, hashlib.sha256).hexdigest() for s in secrets)
-    return ",".join([f"t={timestamp}", *(f"v1={d}" for d in digests)])
-
-
-def verify(
-    secrets: list[bytes],
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    now: float,
-    tolerance: float,
-) -> str | None:
-    """Why the request's `Outboxkit-Signature` fails (None: it is valid)."""
-    raw = headers.get(SIGNATURE)
-    if not raw:
-        return "missing signature"
-    timestamp, candidates = None, []
-    for item in raw.split(","):
-        name, _, value = item.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) < 16:
-            timestamp = int(value)
-        elif name == "v1" and value.strip().isascii():
-            candidates.append(value.strip())
-    if timestamp is None or not candidates:
-        return "malformed signature"
-    if abs(now - timestamp) > tolerance:
-        return "signature timestamp outside the tolerance"
-    content = _content(timestamp, headers, body)
-    for secret in secrets:
-        expected = hmac.new(secret, content, hashlib.sha256).hexdigest()
-        if any(hmac.compare_digest(expected, c) for c in candidates):
-            return None
-    return "signature mismatch"
-
-
-def _content(timestamp: int, headers: Mapping[str, str], body: bytes) -> bytes:
-    return signed_content(
-        timestamp,
-        headers.get(MESSAGE_ID, ""),
-        headers.get(TOPIC, ""),
-        headers.get(KEY, ""),
-        body,
-    )
+    Checked here, before the message exists: a NUL or a lone surrogate that reached the
+    inbox's INSERT would fail the whole batch's transaction, every time it is redelivered.
+    """
+    if user_name is not None:
+        if problem := limits.text_problem(user_name, limits.MAX_HEADER_NAME_BYTES):
+            raise InvalidMessage(f"header {header}: the name {problem}")
+        problem = limits.text_problem(value, limits.MAX_HEADER_VALUE_BYTES, allow_newlines=True)
+    else:
+        problem = limits.text_problem(value, _FIELD_LIMITS.get(header, limits.MAX_KEY_BYTES))
+    if problem:
+        raise InvalidMessage(f"header {header} {problem}")

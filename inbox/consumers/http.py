@@ -1,7 +1,7 @@
 """HTTP webhook consumers: receive what `relay.brokers.http` POSTs, effectively exactly once.
 
 Two ways to receive, configured by the same URL as the publisher (see `outbox.http_url` for
-the headers and the signature scheme):
+the headers, `outbox.http_signature` for the signature scheme):
 
 1. `webhook_app(inbox, settings)`: a plain ASGI app (no framework) to mount in your web
    server, or to serve with `AsgiServer`. Each POST runs the inbox transaction (dedup row +
@@ -12,25 +12,33 @@ the headers and the signature scheme):
      as told by `Outboxkit-Attempt`: it is in the inbox's dead letters, dedup key kept);
    - 500 when the handler failed (rolled back): the relay retries with backoff;
    - 503 + `Retry-After` when the database is unavailable: the relay retries;
-   - 422 when no handler is registered for the topic, 400 for a malformed envelope, 413 for
-     a body over `outboxkit_max_bytes`, 405 for another method: the relay dead-letters;
+   - 422 when no handler is registered for the topic, 400 for a malformed envelope (or a
+     field the inbox cannot store: a NUL, a lone surrogate, an over-long key), 413 for a
+     body over `outboxkit_max_bytes`, 405 for another method: the relay dead-letters;
    - 401 for a missing or wrong signature (when `outboxkit_secret_env` is set) or Basic
-     credentials (when the URL has a user): the relay pauses, it dead-letters nothing.
+     credentials (when the URL has a user), decided on the head, before the body is read:
+     the relay pauses, it dead-letters nothing.
 
    `settings` is a `ConsumerSettings`: `dsn`, `concurrency` (transactions at once),
    `max_attempts`, and `broker_url`, whose `outboxkit_*` options apply (its path does not:
    where the app is mounted decides). The secret is read when the app is created.
 
 2. `create(url, subscription)`: a `Consumer` for `ConsumerRunner` / `outboxkit consume
-   --broker http://0.0.0.0:8080/hooks`. It LISTENS on the URL's host, port and path (a
-   `{topic}` path matches any one segment) and turns each POST into a `Delivery` whose HTTP
-   answer is held until the runner acks it (200, after the inbox commit) or naks it (503 with
-   `Retry-After`: the relay retries). Requests are checked like the app's (401, 400, 413,
-   405, 404 for another path, 422 for a topic no handler pattern matches). A request held
-   longer than `outboxkit_hold_timeout` is answered 503, and one whose sender hung up is
-   dropped: the sender's retry comes back and the inbox dedups. While more than
-   `MAX_PENDING` requests wait, new ones get 503 at once. `Delivery.attempt` is the larger
-   of the sender's `Outboxkit-Attempt` and the deliveries of that message this process saw.
+   --broker 'http://127.0.0.1:8080/hooks?outboxkit_secret_env=WEBHOOK_SECRET'`. It LISTENS
+   on the URL's host, port and path (a `{topic}` path matches any one segment) and turns
+   each POST into a `Delivery` whose HTTP answer is held until the runner acks it (200,
+   after the inbox commit) or naks it (503 with `Retry-After`: the relay retries). Requests
+   are checked like the app's (401, 400, 413, 405, 404 for another path, 422 for a topic no
+   handler pattern matches). A request held longer than `outboxkit_hold_timeout` is
+   answered 503, and one whose sender hung up is dropped: the sender's retry comes back and
+   the inbox dedups. While more than `MAX_PENDING` requests wait, new ones get 503 at once.
+   `Delivery.attempt` is the larger of the sender's `Outboxkit-Attempt` and the deliveries
+   of that message this process saw.
+
+Both refuse to start (`ConfigurationError`) without credentials: a signing secret
+(`outboxkit_secret_env`) or a user and password in the URL. `outboxkit_insecure_no_auth=true`
+starts anyway, logging a warning: anyone who can reach the port can then post messages into
+the inbox, so use it only on loopback or a network where every peer is trusted.
 
 Consumer options (besides the publisher's `outboxkit_secret_env` and `outboxkit_max_bytes`):
 
@@ -38,13 +46,21 @@ Consumer options (besides the publisher's `outboxkit_secret_env` and `outboxkit_
   where senders post, e.g. through a proxy or load balancer; TLS ends there: the consumer
   speaks plain HTTP, so only `http://` URLs have a consumer).
 - `outboxkit_tolerance=300`: seconds a signature's timestamp may be off (the replay window).
+- `outboxkit_accept_v1=false`: also accept the old `v1` signature (a rolling upgrade from
+  a relay that signs v1; it leaves the attempt and the user headers unsigned).
+- `outboxkit_insecure_no_auth=false`: see above.
 - `outboxkit_hold_timeout=60`: seconds a request waits for the runner's answer.
+- `outboxkit_max_connections=256`: connections at once (the longest idle one is closed to
+  make room; when all are busy a newcomer gets 503).
+- `outboxkit_max_buffered_bytes=67108864`: request body bytes held at once by all requests
+  (at least `outboxkit_max_bytes`); beyond, 503 + `Retry-After`.
 
 There is no broker behind a webhook: the sender's outbox is the queue. While no consumer
 listens the relay gets "connection refused" (`unreachable`) and pauses; nothing is lost.
 
-`AsgiServer` is the small HTTP/1.1 server (asyncio streams, keep-alive, Content-Length and
-chunked bodies, `Expect: 100-continue`, size limits and timeouts) both of them run on.
+`AsgiServer` (`inbox.consumers.http_server`) is the small HTTP/1.1 server both of them run
+on: keep-alive, Content-Length and chunked bodies, `Expect: 100-continue`, and bounds on
+connections, sizes, buffered bytes and time.
 """
 
 from __future__ import annotations
@@ -59,31 +75,26 @@ import math
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import cache
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote
 from uuid import UUID
 
 import psycopg
 
 from inbox.consumers.base import Delivery, Subscription
+from inbox.consumers.http_server import AsgiApp, AsgiServer, Receive, Scope, Send
 from inbox.inbox import Inbox
 from inbox.settings import ConsumerSettings
 from inbox.slots import Slot
 from outbox import http_url
 from outbox.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable, InvalidMessage
+from outbox.http_signature import BodyCheck, SignatureRefused, Verifier
 from outbox.http_url import HttpOptions
 from outbox.message import Message
 
 _log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_PENDING = 1000  # requests waiting for the runner at once; beyond: 503
 _SEND_TIMEOUT = 5.0  # an ack waits this long at most for its answer to be written
@@ -94,368 +105,6 @@ _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavaila
 def parse_url(url: str) -> HttpOptions:
     """`HttpOptions` from a webhook URL; `ConfigurationError` for anything malformed."""
     return http_url.parse_url(url)
-
-
-# -- the HTTP/1.1 server --------------------------------------------------------------------
-
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_LINGER_SECONDS = 1.0
-_CHUNK_LINE_LIMIT = 1024
-
-
-class _HttpError(Exception):
-    """The request cannot be served: answer `status` and close the connection."""
-
-    def __init__(self, status: HTTPStatus) -> None:
-        super().__init__(status.phrase)
-        self.status = status
-
-
-class _Reader(asyncio.StreamReader):
-    """A stream reader that also tells when the peer hung up (`gone`)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit=limit)
-        self.gone = asyncio.Event()
-
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        self.gone.set()
-
-    def set_exception(self, exc: Exception) -> None:
-        super().set_exception(exc)
-        self.gone.set()
-
-
-@dataclass
-class _Request:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[bytes, bytes]]
-
-    def header(self, name: bytes) -> bytes | None:
-        values = [v for n, v in self.headers if n == name]
-        return b", ".join(values) if values else None
-
-    @property
-    def keep_alive(self) -> bool:
-        tokens = {t.strip() for t in (self.header(b"connection") or b"").lower().split(b",")}
-        return self.version == "HTTP/1.1" and b"close" not in tokens
-
-
-@dataclass(eq=False)
-class _Connection:
-    task: asyncio.Task[None] | None = None
-    busy: bool = False
-
-
-class AsgiServer:
-    """Serves one ASGI app (HTTP only) over HTTP/1.1 on asyncio streams.
-
-        server = AsgiServer(webhook_app(inbox, settings))
-        port = await server.start("0.0.0.0", 8080)
-        ...
-        await server.close()
-
-    Keep-alive connections, Content-Length and chunked request bodies, `Expect:
-    100-continue`. The head is limited to `max_header_bytes` (431) and the body to `max_body`
-    (413); a body must arrive within `read_timeout` (408), an idle connection is closed after
-    `idle_timeout`. `receive()` gives the app `http.disconnect` once the client hangs up.
-    The response body is buffered and sent with a Content-Length. No lifespan events are
-    sent: start and close the app yourself. Not a general-purpose web server: it serves
-    webhooks on a trusted network, behind a proxy for TLS.
-    """
-
-    def __init__(
-        self,
-        app: AsgiApp,
-        *,
-        max_body: int = http_url.DEFAULT_MAX_BYTES,
-        max_header_bytes: int = 65536,
-        read_timeout: float = 30.0,
-        idle_timeout: float = 60.0,
-    ) -> None:
-        self.app = app
-        self.max_body = max_body
-        self.max_header_bytes = max_header_bytes
-        self.read_timeout = read_timeout
-        self.idle_timeout = idle_timeout
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen on `host:port`; returns the bound port (give 0 for any free one)."""
-        if self._server is not None:
-            raise RuntimeError("AsgiServer already started")
-        loop = asyncio.get_running_loop()
-
-        def protocol() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(_Reader(self.max_header_bytes), self._accept)
-
-        self._server = await loop.create_server(protocol, host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def close(self, grace: float = 5.0) -> None:
-        """Stop listening; requests in progress get `grace` seconds to finish, then are dropped."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        tasks = []
-        for connection in list(self._connections):
-            if connection.task is None:
-                continue
-            if not connection.busy:
-                connection.task.cancel()  # idle keep-alive connection
-            tasks.append(connection.task)
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Our own task, so close() can cancel it (start_server's would log a spurious error).
-        connection = _Connection()
-        connection.task = asyncio.create_task(self._serve(connection, reader, writer))
-        self._connections.add(connection)
-        connection.task.add_done_callback(lambda _: self._connections.discard(connection))
-
-    async def _serve(
-        self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        assert isinstance(reader, _Reader)
-        try:
-            keep = True
-            while keep:
-                try:
-                    async with asyncio.timeout(self.idle_timeout):
-                        head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                    return  # the client left, or stayed silent
-                except asyncio.LimitOverrunError:
-                    await _refuse(reader, writer, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-                    return
-                connection.busy = True
-                try:
-                    keep = await self._exchange(head, reader, writer)
-                except _HttpError as exc:
-                    await _refuse(reader, writer, exc.status)
-                    return
-                finally:
-                    connection.busy = False
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client hung up mid-request
-        except Exception:  # noqa: BLE001 - one connection's surprise must not stop the server
-            _log.exception("webhook server: unexpected error on a connection")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _exchange(self, head: bytes, reader: _Reader, writer: asyncio.StreamWriter) -> bool:
-        """Serve one request; whether the connection may serve another."""
-        request = _parse_head(head)
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                body = await self._body(request, reader, writer)
-        except TimeoutError:
-            raise _HttpError(HTTPStatus.REQUEST_TIMEOUT) from None
-        path, _, query = request.target.partition("?")
-        peer = writer.get_extra_info("peername")
-        sock = writer.get_extra_info("sockname")
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": request.version.removeprefix("HTTP/"),
-            "method": request.method,
-            "scheme": "http",
-            "path": unquote(path),
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": request.headers,
-            "client": tuple(peer[:2]) if isinstance(peer, tuple) else None,
-            "server": tuple(sock[:2]) if isinstance(sock, tuple) else None,
-        }
-        exchange = _Exchange(body, reader, writer, request.keep_alive, request.method == "HEAD")
-        try:
-            await self.app(scope, exchange.receive, exchange.send)
-        except Exception:  # noqa: BLE001 - the app's bug becomes a 500, logged
-            _log.exception("webhook app failed on %s %s", request.method, path)
-            if not exchange.started:
-                exchange.keep_alive = False
-                await exchange.send_error()
-            return False  # after half an answer only closing tells the client
-        finally:
-            exchange.done.set()
-        # No answer (the client hung up) or an unfinished one: close.
-        return exchange.keep_alive and exchange.written and not reader.gone.is_set()
-
-    async def _body(
-        self, request: _Request, reader: _Reader, writer: asyncio.StreamWriter
-    ) -> bytes:
-        encoding = request.header(b"transfer-encoding")
-        length = request.header(b"content-length")
-        if encoding is not None and length is not None:
-            raise _HttpError(HTTPStatus.BAD_REQUEST)  # ambiguous: a smuggling attempt
-        if encoding is not None and encoding.strip().lower() != b"chunked":
-            raise _HttpError(HTTPStatus.NOT_IMPLEMENTED)
-        size = 0
-        if length is not None:
-            if not length.strip().isdigit():
-                raise _HttpError(HTTPStatus.BAD_REQUEST)
-            size = int(length)
-            if size > self.max_body:
-                raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        elif encoding is None:
-            return b""
-        if (request.header(b"expect") or b"").strip().lower() == b"100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if encoding is None:
-            return await reader.readexactly(size)
-        return await self._chunked(reader)
-
-    async def _chunked(self, reader: _Reader) -> bytes:
-        body = bytearray()
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _HttpError(HTTPStatus.BAD_REQUEST) from None
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers: ignored
-                return bytes(body)
-            if len(body) + size > self.max_body:
-                raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            body += await reader.readexactly(size)
-            if await reader.readexactly(2) != b"\r\n":
-                raise _HttpError(HTTPStatus.BAD_REQUEST)
-
-
-def _parse_head(head: bytes) -> _Request:
-    lines = head.lstrip(b"\r\n").split(b"\r\n")
-    parts = lines[0].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/"):
-        raise _HttpError(HTTPStatus.BAD_REQUEST)
-    method, target, version = parts
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise _HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
-            raise _HttpError(HTTPStatus.BAD_REQUEST)
-        headers.append((name.lower(), value.strip(b" \t")))
-    return _Request(method, target, version, headers)
-
-
-class _Exchange:
-    """One request's ASGI `receive` and `send`; the answer is written when its body is
-    complete, so `send()` returns once the bytes are handed to the socket."""
-
-    def __init__(
-        self,
-        body: bytes,
-        reader: _Reader,
-        writer: asyncio.StreamWriter,
-        keep_alive: bool,
-        head: bool = False,
-    ) -> None:
-        self._request: bytes | None = body
-        self.head = head
-        self._reader = reader
-        self._writer = writer
-        self.keep_alive = keep_alive
-        self.done = asyncio.Event()
-        self.started = False
-        self.written = False
-        self._status = 500
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-
-    async def receive(self) -> MutableMapping[str, Any]:
-        if self._request is not None:
-            body, self._request = self._request, None
-            return {"type": "http.request", "body": body, "more_body": False}
-        # Then wait for the client to hang up (or for the exchange to end).
-        gone = asyncio.create_task(self._reader.gone.wait())
-        done = asyncio.create_task(self.done.wait())
-        try:
-            await asyncio.wait([gone, done], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            done.cancel()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: MutableMapping[str, Any]) -> None:
-        if self.written:
-            return
-        if message["type"] == "http.response.start" and not self.started:
-            self.started = True
-            self._status = int(message["status"])
-            self._headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
-        elif message["type"] == "http.response.body" and self.started:
-            self._body.append(bytes(message.get("body", b"")))
-            if not message.get("more_body", False):
-                await self._write()
-
-    async def send_error(self) -> None:
-        self.started = True
-        self._status, self._headers = 500, [(b"content-type", b"text/plain")]
-        self._body = [b"internal server error"]
-        await self._write()
-
-    async def _write(self) -> None:
-        self.written = True
-        if self._reader.gone.is_set():
-            return  # nobody to tell
-        with contextlib.suppress(ConnectionError):
-            self._writer.write(self._encode())
-            await self._writer.drain()
-
-    def _encode(self) -> bytes:
-        try:
-            reason = HTTPStatus(self._status).phrase
-        except ValueError:
-            reason = ""
-        body = b"".join(self._body)
-        skip = {b"content-length", b"connection", b"transfer-encoding"}
-        lines = [f"HTTP/1.1 {self._status} {reason}".encode("latin-1")]
-        lines += [n + b": " + v for n, v in self._headers if n not in skip]
-        if self._status < 200 or self._status in (204, 304):
-            body = b""  # these answers have no body: a client would read it as the next one
-        else:
-            lines.append(b"content-length: %d" % len(body))
-            if self.head:
-                body = b""
-        lines.append(b"connection: keep-alive" if self.keep_alive else b"connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-async def _refuse(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: HTTPStatus
-) -> None:
-    """Answer `status` and close, letting the client read the answer before the reset."""
-    body = status.phrase.encode()
-    writer.write(
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status.value, status.phrase.encode(), len(body), body)
-    )
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(_LINGER_SECONDS):
-            await writer.drain()
-            writer.write_eof()
-            while await reader.read(65536):
-                pass
 
 
 # -- checking a webhook request -------------------------------------------------------------
@@ -497,20 +146,46 @@ class Received:
     attempt: int
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request whose head passed the checks; its body is still to be read and checked."""
+
+    headers: list[tuple[str, str]]  # lower-case names, latin-1 values, in order
+    first: dict[str, str]  # each header's first value
+    topic: str | None  # the path's, when the URL has `{topic}`
+    body_check: BodyCheck | None  # what the signature still requires of the body
+
+
 class Endpoint:
     """Checks webhook requests against one URL's options: method, path, size, credentials,
-    signature, envelope."""
+    signature, envelope. The head is checked before the body is read (`admit`), so a
+    request without valid credentials is refused unread; then the body (`accept`).
+
+    `ConfigurationError` when the options have no credentials (no secret, no user) and do
+    not say `outboxkit_insecure_no_auth=true`.
+    """
 
     def __init__(self, options: HttpOptions, secrets: list[bytes]) -> None:
+        require_credentials(options)
         self.options = options
         self.secrets = secrets
+        self.verifier = (
+            Verifier(secrets, tolerance=options.tolerance, accept_v1=options.accept_v1)
+            if secrets
+            else None
+        )
         self._basic: bytes | None = None
         if options.user is not None:
             pair = f"{options.user}:{options.password or ''}".encode()
             self._basic = b"Basic " + base64.b64encode(pair)
 
     def check(self, scope: Scope, body: bytes, *, match_path: bool) -> Received | Answer:
-        """The message a request carries, or the answer refusing it."""
+        """The message a request carries, or the answer refusing it (head and body)."""
+        admitted = self.admit(scope, match_path=match_path)
+        return admitted if isinstance(admitted, Answer) else self.accept(scope, admitted, body)
+
+    def admit(self, scope: Scope, *, match_path: bool) -> Admitted | Answer:
+        """Check what the head tells: method, path, declared size, credentials, signature."""
         if scope.get("method") != "POST":
             return _answer(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
         topic = None
@@ -519,36 +194,74 @@ class Endpoint:
             found, topic = self.options.match_path(raw_path)
             if not found:
                 return _answer(HTTPStatus.NOT_FOUND, "not found")
-        if len(body) > self.options.max_bytes:
-            return _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too large")
         pairs = [
             (bytes(n).decode("latin-1").lower(), bytes(v).decode("latin-1"))
             for n, v in scope["headers"]
         ]
-        headers: dict[str, str] = {}
+        first: dict[str, str] = {}
         for name, value in pairs:
-            headers.setdefault(name, value)
-        refused = self._refused(headers, body)
-        if refused is not None:
-            _log.warning("webhook from %s refused: %s", _client(scope), refused)
-            return _answer(HTTPStatus.UNAUTHORIZED, "unauthorized", error=refused)
+            first.setdefault(name, value)
+        if _declared_length(first.get("content-length", "")) > self.options.max_bytes:
+            return _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too large")
+        body_check = None
         try:
-            message = http_url.message_from_headers(pairs, body, topic=topic)
+            if self._basic is not None:
+                given = first.get("authorization", "").encode("latin-1")
+                if not hmac.compare_digest(given, self._basic):
+                    raise SignatureRefused("missing or wrong credentials")
+            if self.verifier is not None:
+                body_check = self.verifier.head(pairs, now=time.time())
+        except SignatureRefused as exc:
+            return self._unauthorized(scope, exc)
+        return Admitted(pairs, first, topic, body_check)
+
+    def accept(self, scope: Scope, admitted: Admitted, body: bytes) -> Received | Answer:
+        """Check the body of an admitted request and decode its message."""
+        if len(body) > self.options.max_bytes:
+            return _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too large")
+        if admitted.body_check is not None:
+            try:
+                admitted.body_check.check(body)
+            except SignatureRefused as exc:
+                return self._unauthorized(scope, exc)
+        try:
+            message = http_url.message_from_headers(admitted.headers, body, topic=admitted.topic)
         except InvalidMessage as exc:
             _log.warning("malformed webhook from %s: %s", _client(scope), exc)
             return _answer(HTTPStatus.BAD_REQUEST, "malformed", error=str(exc))
-        return Received(message, http_url.attempt_of(headers))
+        return Received(message, http_url.attempt_of(admitted.first))
 
-    def _refused(self, headers: dict[str, str], body: bytes) -> str | None:
-        if self._basic is not None:
-            given = headers.get("authorization", "").encode("latin-1")
-            if not hmac.compare_digest(given, self._basic):
-                return "missing or wrong credentials"
-        if self.secrets:
-            return http_url.verify(
-                self.secrets, headers, body, now=time.time(), tolerance=self.options.tolerance
-            )
-        return None
+    def _unauthorized(self, scope: Scope, exc: SignatureRefused) -> Answer:
+        _log.warning("webhook from %s refused: %s", _client(scope), exc)
+        return _answer(HTTPStatus.UNAUTHORIZED, "unauthorized", error=str(exc))
+
+
+def require_credentials(options: HttpOptions, *, warn: bool = True) -> None:
+    """`ConfigurationError` unless a receiver with these options checks credentials, or is
+    told explicitly not to (then a warning is logged, if `warn`)."""
+    if options.authenticated:
+        return
+    if not options.insecure_no_auth:
+        raise ConfigurationError(
+            f"{options.display}: a webhook receiver needs credentials, or anyone who can "
+            "reach it can post messages into its inbox: set outboxkit_secret_env=NAME (the "
+            "signing secret, shared with the relay) or user:password@ in the URL "
+            "(outboxkit_insecure_no_auth=true accepts unauthenticated requests)"
+        )
+    if not warn:
+        return
+    _log.warning(
+        "webhook receiver %s accepts UNAUTHENTICATED requests (outboxkit_insecure_no_auth="
+        "true): anyone who can reach it can post messages into the inbox",
+        options.display,
+    )
+
+
+def _declared_length(raw: str) -> int:
+    """A Content-Length value as a number (0 if malformed: the server refuses those)."""
+    if not (raw.isascii() and raw.isdigit()):
+        return 0
+    return int(raw) if len(raw) <= 18 else 10**18
 
 
 def _client(scope: Scope) -> str:
@@ -556,8 +269,9 @@ def _client(scope: Scope) -> str:
     return f"{client[0]}:{client[1]}" if client else "?"
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None once it grows past `limit` (or the client left)."""
+async def _read_body(receive: Receive, limit: int) -> bytes | Answer | None:
+    """The request body, 413 once it grows past `limit`, or None if the client left (or
+    the server refused the body and answered itself)."""
     body = bytearray()
     while True:
         event = await receive()
@@ -565,7 +279,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return None
         body += event.get("body", b"")
         if len(body) > limit:
-            return None
+            return _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too large")
         if not event.get("more_body", False):
             return bytes(body)
 
@@ -639,7 +353,12 @@ class HttpConsumer:
         if self.server is not None:
             return
         self._endpoint = Endpoint(self.options, self.options.secrets())
-        server = AsgiServer(self._app, max_body=self.options.max_bytes)
+        server = AsgiServer(
+            self._app,
+            max_body=self.options.max_bytes,
+            max_connections=self.options.max_connections,
+            max_buffered=self.options.max_buffered_bytes,
+        )
         host, port = self.options.listen_address
         try:
             await server.start(host, port)
@@ -682,11 +401,17 @@ class HttpConsumer:
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = await _read_body(receive, self.options.max_bytes)
-        if body is None:
-            return
         assert self._endpoint is not None
-        checked = self._endpoint.check(scope, body, match_path=True)
+        admitted = self._endpoint.admit(scope, match_path=True)
+        if isinstance(admitted, Answer):
+            await admitted.send(send)  # unread: the server closes the connection
+            return
+        body = await _read_body(receive, self.options.max_bytes)
+        if not isinstance(body, bytes):
+            if body is not None:
+                await body.send(send)
+            return
+        checked = self._endpoint.accept(scope, admitted, body)
         if isinstance(checked, Answer):
             await checked.send(send)
             return
@@ -774,6 +499,7 @@ def create(url: str, subscription: Subscription) -> HttpConsumer:
         raise ConfigurationError(
             f"consumer {subscription.consumer!r} has no handlers: nothing to subscribe to"
         )
+    require_credentials(options, warn=False)  # early; connect() warns when it starts
     return HttpConsumer(options, subscription)
 
 
@@ -798,16 +524,22 @@ class WebhookApp:
             return
         if scope["type"] != "http":
             return
+        admitted = self.endpoint.admit(scope, match_path=False)
+        if isinstance(admitted, Answer):
+            await admitted.send(send)  # refused on its head: the body is never read
+            return
         body = await _read_body(receive, self.options.max_bytes)
         if body is None:
-            answer = _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too large")
-        else:
-            answer = await self.answer(scope, body)
+            return  # the client left, or the server refused the body and answered
+        answer = body if isinstance(body, Answer) else await self.answer(scope, body, admitted)
         await answer.send(send)
 
-    async def answer(self, scope: Scope, body: bytes) -> Answer:
+    async def answer(self, scope: Scope, body: bytes, admitted: Admitted | None = None) -> Answer:
         """Check, dedup and handle one request; the answer is given after the commit."""
-        checked = self.endpoint.check(scope, body, match_path=False)
+        if admitted is None:
+            checked = self.endpoint.check(scope, body, match_path=False)
+        else:
+            checked = self.endpoint.accept(scope, admitted, body)
         if isinstance(checked, Answer):
             return checked
         message, attempt = checked.message, checked.attempt
@@ -885,12 +617,18 @@ def webhook_app(inbox: Inbox, settings: ConsumerSettings) -> WebhookApp:
 
 
 __all__ = [
+    "Admitted",
+    "AsgiApp",
     "AsgiServer",
     "Endpoint",
     "HttpConsumer",
     "HttpDelivery",
+    "Receive",
+    "Scope",
+    "Send",
     "WebhookApp",
     "create",
     "parse_url",
+    "require_credentials",
     "webhook_app",
 ]

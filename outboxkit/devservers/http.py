@@ -12,11 +12,13 @@ Each POST to `http://127.0.0.1:<port><path>?forward=<host:port>[&...]` is stored
 is forwarded, headers and body unchanged, to `http://<host:port><path>[?...]` (the
 `forward` parameter removed; loopback addresses only) until that answers 2xx. Forwarding
 keeps order per key: per target and `Outboxkit-Key` one request at a time, in arrival order
-(keyless ones in parallel). `Outboxkit-Attempt` becomes the spool's own count of forwards.
+(keyless ones in parallel).
 408, 425, 429, 5xx, timeouts and refused connections are retried after 0.05 s doubling to
 1 s (or the `Retry-After`, up to 5 s); other answers drop the request (logged), and so does
 being undeliverable for `ttl` seconds. Stopping the process keeps what it stored; a restart on the
-same port forwards it. Signatures pass through untouched (the consumer verifies them).
+same port forwards it. Signatures pass through untouched (the consumer verifies them), and
+so does everything they cover, `Outboxkit-Attempt` included: the consumer counts the
+deliveries it sees itself.
 
 Run standalone: `python -m outboxkit.devservers.http --port 8099 --data /tmp/spool`.
 """
@@ -58,7 +60,6 @@ _HOP_BY_HOP = frozenset(
         "keep-alive",
         "transfer-encoding",
         "expect",
-        "outboxkit-attempt",
     }
 )
 _RETRY = frozenset({408, 425, 429})
@@ -256,10 +257,9 @@ class Spool:
 
     async def _forward(self, client: httpx.AsyncClient, entry: _Entry) -> None:
         entry.attempts += 1
-        headers = [*entry.headers, ("outboxkit-attempt", str(entry.attempts))]
         retry_after = 0.0
         try:
-            response = await client.post(entry.target, content=entry.body, headers=headers)
+            response = await client.post(entry.target, content=entry.body, headers=entry.headers)
             status = response.status_code
             if 200 <= status < 300:
                 self._forget(entry)

@@ -1,22 +1,26 @@
 """HTTP webhook publisher (httpx): each message is one POST, acked on a 2xx answer.
 
 URL: the endpoint itself, `http[s]://[user:password@]host[:port]/path[?query]`; `{topic}` in
-the path becomes the topic (`http://hooks.internal/events/{topic}`), a user and password
+the path becomes the topic, as one percent-encoded path segment
+(`http://hooks.internal/events/{topic}`), a user and password
 become HTTP Basic auth, and query parameters named `outboxkit_*` are options, removed from
 the URL (the endpoint's own parameters are sent as written). See `outbox.http_url` for the
-headers and the signature scheme. Options:
+headers and `outbox.http_signature` for the signature scheme. Options:
 
 - `outboxkit_timeout=10`: seconds for one POST, from connecting to the end of the answer.
 - `outboxkit_connect_timeout=5`: seconds to open a connection (capped by the timeout).
 - `outboxkit_concurrency=16`: POSTs in flight at once (and pooled keep-alive connections).
 - `outboxkit_secret_env=NAME`: sign every request (`Outboxkit-Signature`) with the secret(s)
   in the environment variable NAME, read by `connect()`. Never put a secret in the URL.
+- `outboxkit_sign=v2`: the signature scheme(s). `v1,v2` adds the old `v1` signature for
+  receivers that are not upgraded yet (they ignore `v2`); drop it once they are.
 - `outboxkit_max_bytes=10485760`: a larger payload is rejected (dead-lettered) unsent.
 - `outboxkit_retry_status=404,409`: 4xx statuses to retry instead of dead-lettering.
 - `outboxkit_ca_file=/path/ca.pem`: trust this CA for `https://` (default: the system's).
 
-The consumer's options (`outboxkit_listen`, `outboxkit_tolerance`, `outboxkit_hold_timeout`)
-are accepted and ignored, so one URL can serve both sides.
+The consumer's options (`outboxkit_listen`, `outboxkit_tolerance`, `outboxkit_hold_timeout`,
+`outboxkit_accept_v1`, `outboxkit_insecure_no_auth`, `outboxkit_max_connections`,
+`outboxkit_max_buffered_bytes`) are accepted and ignored, so one URL can serve both sides.
 
 Answers: 2xx acked. 408, 425, 429, 5xx, a timeout or a connection lost mid-request: retry
 (the relay owns the backoff; a `Retry-After` is only quoted in the error). Any other 4xx:
@@ -65,7 +69,8 @@ import httpx
 
 from outbox import http_url
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
-from outbox.http_url import ATTEMPT, SIGNATURE, HttpOptions
+from outbox.http_signature import signature_headers
+from outbox.http_url import ATTEMPT, HttpOptions
 from outbox.message import Message
 from relay.brokers.base import Capabilities, Outcome
 
@@ -206,8 +211,10 @@ class HttpPublisher:
         message_id = message.message_id
         posts = self._posts.get(message_id, 0) + 1
         headers[ATTEMPT] = str(posts)
-        if self._secrets:
-            headers[SIGNATURE] = http_url.sign(self._secrets, int(time.time()), headers, body)
+        if self._secrets:  # signed last: the signature covers every envelope header
+            headers |= signature_headers(
+                self._secrets, int(time.time()), headers, body, versions=self.options.sign
+            )
         request = httpx.Request(
             "POST", url, headers=headers, content=body, extensions={"timeout": self._timeouts}
         )
