@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from outbox.errors import ConfigurationError, DatabaseUnavailable
+from outbox.limits import clean_text
 from outbox.redact import redact_dsn
 
 CONNECT_TIMEOUT = 10
@@ -45,6 +46,24 @@ async def aconnect(dsn: str, **options: Any) -> psycopg.AsyncConnection[Any]:
         raise unavailable(dsn, exc) from None
     except psycopg.ProgrammingError as exc:
         raise invalid_dsn(dsn, exc) from None
+
+
+def connection_lost(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether `conn` is unusable, as opposed to one statement having failed on it.
+
+    Decided from the connection's state, never from the exception's class: psycopg raises
+    `OperationalError` for a server gone away but also for a statement timeout or an index
+    row too large (`ProgramLimitExceeded`), which leave the connection perfectly usable.
+    """
+    return conn.closed or conn.broken
+
+
+def statement_error(exc: psycopg.Error) -> str:
+    """A failed statement in one clean line: the error's class and primary message.
+
+    Never the DETAIL, which can quote a whole row (payload included) for a constraint."""
+    primary = exc.diag.message_primary or str(exc).partition("\n")[0]
+    return clean_text(f"{type(exc).__name__}: {primary}")
 
 
 def like_pattern(glob: str) -> str:
