@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 
 import migrations
-from outbox.errors import MigrationError
+import outbox
+from outbox.errors import InvalidMessage, InvalidTopic, MigrationError
+from outbox.ids import uuid7
+from outbox.message import Message
 from tests.conftest import Database
 from tests.integration.regenerate_schema import SCHEMA_FILE, dump_schema
 
@@ -112,3 +116,16 @@ def test_constraints_added_online_beforehand_are_validated_and_kept(empty_db: Da
         ).fetchone()
     assert row == (True,)
     assert dump_schema(empty_db.dsn) == SCHEMA_FILE.read_text()
+
+
+def test_a_message_built_by_hand_gets_a_typed_error_from_the_check(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """`Message(...)` skips `outbox.message`'s checks; the table's still hold."""
+    by_hand = Message(message_id=uuid7(), topic="t", payload=b"{}", key="\U0001f600" * 1024)
+    with pytest.raises(InvalidMessage, match="1024 bytes"):
+        outbox.write_many(conn, [by_hand])
+    conn.rollback()
+    long_topic = replace(by_hand, key=None, topic="é" * 128)
+    with pytest.raises(InvalidTopic, match="255 bytes"):
+        outbox.write_many(conn, [long_topic, outbox.message("t", {})])
