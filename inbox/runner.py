@@ -36,6 +36,9 @@ from outbox.faults import CrashPoints
 log = logging.getLogger("outboxkit.inbox")
 
 DB_ERRORS = (psycopg.Error, DatabaseUnavailable)
+# What one statement's failure looks like (ValueError: text psycopg cannot even encode, a
+# lone surrogate); a psycopg error on a lost connection is not one, and is re-raised.
+STATEMENT_ERRORS = (psycopg.Error, ValueError)
 
 
 class ConsumerRunner:
@@ -165,7 +168,7 @@ class ConsumerRunner:
         if isinstance(exc, NoHandler) or delivery.attempt >= self.settings.max_attempts:
             try:
                 await slot.bury(message, delivery.attempt, error)
-            except Exception as bury_exc:
+            except STATEMENT_ERRORS as bury_exc:
                 if isinstance(bury_exc, psycopg.Error) and slot.connection_lost():
                     raise
                 # Nothing was written: the broker keeps the message and redelivers it.
@@ -195,7 +198,7 @@ class ConsumerRunner:
         if valid:
             try:
                 await slot.store([d.message for d in valid if d.message is not None])
-            except Exception as exc:
+            except STATEMENT_ERRORS as exc:
                 if isinstance(exc, psycopg.Error) and slot.connection_lost():
                     raise
                 # One message the table refuses (a key over its CHECK limit, say) must not
@@ -216,7 +219,7 @@ class ConsumerRunner:
             assert delivery.message is not None
             try:
                 await slot.store([delivery.message])
-            except Exception as exc:
+            except STATEMENT_ERRORS as exc:
                 if isinstance(exc, psycopg.Error) and slot.connection_lost():
                     raise
                 refused[id(delivery)] = exc

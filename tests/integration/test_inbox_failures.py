@@ -5,6 +5,7 @@ whose key the inbox table refuses. Real PostgreSQL, real nats-server.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -98,14 +99,16 @@ async def test_durable_mode_stores_a_hostile_handler_error_cleanly(dsn: str, kin
 
 
 async def test_a_key_the_inbox_table_refuses_fails_that_message_only(
-    broker: Broker, dsn: str
+    broker: Broker, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Durable mode stores a fetched batch in one statement. A key of 1,024 incompressible
     4-byte characters (4 KiB: over the CHECK, and over PostgreSQL's btree entry limit
     without it) failed that statement for the whole batch: ProgramLimitExceeded, taken for a
     lost connection, redelivered every second forever with the valid messages in it. Now
     the others are stored on their own and handled; the refused one goes back to the broker
-    with backoff."""
+    with backoff, and when its attempts are spent and its dead letter is refused too, it
+    stays there (redelivered with backoff) rather than be lost."""
+    caplog.set_level(logging.WARNING, logger="outboxkit.inbox")
     pick = random.Random(7)
     long_key = "".join(chr(pick.randrange(0x20000, 0x2A6D0)) for _ in range(1024))
     ib = Inbox(consumer="billing")
@@ -135,6 +138,11 @@ async def test_a_key_the_inbox_table_refuses_fails_that_message_only(
             return {m.message_id for m in handled} == {m.message_id for m in valid}
 
         await run.until(all_valid_handled)
+
+        async def bury_refused() -> bool:
+            return any("cannot be dead-lettered" in r.getMessage() for r in caplog.records)
+
+        await run.until(bury_refused)
         assert not run.task.done()
     (stored,) = await one_row(
         dsn, "SELECT count(*) FROM outboxkit.inbox_messages WHERE message_id = %s", bad_id
