@@ -11,6 +11,7 @@ from inbox.queries import bound
 from inbox.registry import AsyncHandler, Handler, HandlerRegistry, Registration
 from outbox.connections import async_connection, check_transactional, sync_connection
 from outbox.errors import ConfigurationError, OutboxkitError
+from outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outbox.message import Message
 
 
@@ -42,8 +43,12 @@ class Inbox:
     def __init__(
         self, consumer: str, *, schema: str = "outboxkit", pipelined: bool = False
     ) -> None:
-        if not consumer or len(consumer) > 200:
-            raise ConfigurationError("consumer must be a non-empty name of at most 200 characters")
+        if not isinstance(consumer, str) or not consumer:
+            raise ConfigurationError("consumer must be a non-empty str")
+        # Bytes, not characters: the name is in the inbox's primary key (btree entries are
+        # limited in bytes; migration 0004 CHECKs the same limit).
+        if problem := text_problem(consumer, MAX_CONSUMER_BYTES):
+            raise ConfigurationError(f"consumer name {consumer[:64]!r} {problem}")
         self.consumer = consumer
         self.schema = schema
         # The runner may run these handlers in psycopg pipeline mode (`inbox.optimistic`).

@@ -28,17 +28,14 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from outbox.db import connection_lost
+
 Conn = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 Queries = Mapping[str, sql.Composed]
 
 
 class HandlerFailed(Exception):
     """Something failed in an optimistic batch: it was rolled back; run it with savepoints."""
-
-
-def connection_lost(conn: Conn) -> bool:
-    """Whether `conn` is unusable (as opposed to a statement having failed on it)."""
-    return conn.closed or conn.broken
 
 
 @contextlib.contextmanager

@@ -6,6 +6,12 @@ deliveries the message is dead-lettered (with its dedup key) and acked.
 
 Durable mode: deliveries are stored (dedup on insert), committed, then acked at once; inbox
 workers handle the stored rows per key in order, with retries and dead letters.
+
+A database error is a lost connection only when the connection says so (closed or broken):
+then the slot reconnects and the batch is redelivered. Any other failed statement (a row
+over a CHECK limit, a statement timeout) fails its message where it can be told apart (a
+handler, a store, a dead letter that cannot be written: retried with backoff) and its batch
+otherwise (rolled back, redelivered or retried with growing backoff): never the process.
 """
 
 from __future__ import annotations
@@ -17,19 +23,23 @@ import logging
 import psycopg
 
 from inbox.consumers import Consumer, Delivery, Subscription, create_consumer
+from inbox.failures import error_text
 from inbox.inbox import Inbox, NoHandler
 from inbox.retention import prune
 from inbox.settings import ConsumerSettings, Mode
 from inbox.slots import Slot
 from migrations.current import require_current
 from outbox.backoff import message_backoff
-from outbox.db import aconnect
+from outbox.db import aconnect, statement_error
 from outbox.errors import DatabaseUnavailable
 from outbox.faults import CrashPoints
 
 log = logging.getLogger("outboxkit.inbox")
 
-DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
+DB_ERRORS = (psycopg.Error, DatabaseUnavailable)
+# What one statement's failure looks like (ValueError: text psycopg cannot even encode, a
+# lone surrogate); a psycopg error on a lost connection is not one, and is re-raised.
+STATEMENT_ERRORS = (psycopg.Error, ValueError)
 
 
 class ConsumerRunner:
@@ -95,6 +105,7 @@ class ConsumerRunner:
 
     async def _fetch_loop(self, consumer: Consumer) -> None:
         slot = Slot(self.inbox, self.settings)
+        failures = 0  # batches failed in a row on a live connection
         try:
             while not self._stopping.is_set():
                 deliveries = await consumer.fetch(
@@ -108,12 +119,24 @@ class ConsumerRunner:
                     else:
                         await self._handle(slot, deliveries)
                 except DB_ERRORS as exc:
-                    log.warning("database unavailable (%s); redelivering", type(exc).__name__)
-                    await slot.reset()
+                    if _lost(slot, exc):
+                        log.warning("database unavailable (%s); redelivering", type(exc).__name__)
+                        await slot.reset()
+                        delay = 1.0
+                    else:
+                        failures += 1
+                        delay = self._backoff(failures)
+                        log.error(
+                            "a database statement failed (%s); the batch is redelivered in %.1fs",
+                            _describe(exc),
+                            delay,
+                        )
                     for delivery in deliveries:
                         with contextlib.suppress(Exception):
-                            await delivery.nak(1.0)
-                    await self._sleep(1.0)
+                            await delivery.nak(delay)
+                    await self._sleep(delay)
+                else:
+                    failures = 0
         finally:
             await slot.reset()
 
@@ -146,45 +169,94 @@ class ConsumerRunner:
     async def _failed(self, slot: Slot, delivery: Delivery, exc: Exception) -> None:
         message = delivery.message
         assert message is not None
-        error = f"{type(exc).__name__}: {exc}"
+        error = error_text(exc)
+        delay = self._backoff(delivery.attempt)
         if isinstance(exc, NoHandler) or delivery.attempt >= self.settings.max_attempts:
-            await slot.bury(message, delivery.attempt, error)
+            try:
+                await slot.bury(message, delivery.attempt, error)
+            except STATEMENT_ERRORS as bury_exc:
+                if isinstance(bury_exc, psycopg.Error) and slot.connection_lost():
+                    raise
+                # Nothing was written: the broker keeps the message and redelivers it.
+                log.error(
+                    "message %s cannot be dead-lettered (%s); redelivering in %.1fs",
+                    message.message_id,
+                    _describe(bury_exc),
+                    delay,
+                )
+                await delivery.nak(delay)
+                return
             self.dead_lettered += 1
             log.error("message %s dead-lettered: %s", message.message_id, error)
             await delivery.ack()
             return
-        delay = message_backoff(
-            delivery.attempt, self.settings.backoff_base, self.settings.backoff_max
-        )
         log.warning(
             "message %s failed (attempt %d): %s", message.message_id, delivery.attempt, error
         )
         await delivery.nak(delay)
 
     async def _store(self, slot: Slot, deliveries: list[Delivery]) -> None:
-        messages = [d.message for d in deliveries if d.message is not None]
+        valid = [d for d in deliveries if d.message is not None]
         for delivery in deliveries:
             if delivery.message is None:
                 log.error("dropping a malformed delivery: %s", delivery.malformed)
-        if messages:
-            await slot.store(messages)
+        failed: dict[int, Exception] = {}
+        if valid:
+            try:
+                await slot.store([d.message for d in valid if d.message is not None])
+            except STATEMENT_ERRORS as exc:
+                if isinstance(exc, psycopg.Error) and slot.connection_lost():
+                    raise
+                # One message the table refuses (a key over its CHECK limit, say) must not
+                # hold up the others: store each on its own, and fail only the refused.
+                failed = await self._store_each(slot, valid)
         self.crash.reached("after_store_commit")
         for delivery in deliveries:
-            await delivery.ack()
+            refused = failed.get(id(delivery))
+            if refused is None:
+                await delivery.ack()
+            else:
+                await self._failed(slot, delivery, refused)
+
+    async def _store_each(self, slot: Slot, deliveries: list[Delivery]) -> dict[int, Exception]:
+        """Store deliveries one by one; the exceptions of those refused, by `id(delivery)`."""
+        refused: dict[int, Exception] = {}
+        for delivery in deliveries:
+            assert delivery.message is not None
+            try:
+                await slot.store([delivery.message])
+            except STATEMENT_ERRORS as exc:
+                if isinstance(exc, psycopg.Error) and slot.connection_lost():
+                    raise
+                refused[id(delivery)] = exc
+        return refused
 
     # -- durable workers -------------------------------------------------------------------
 
     async def _durable_loop(self) -> None:
         slot = Slot(self.inbox, self.settings)
+        failures = 0  # batches failed in a row on a live connection
         try:
             while not self._stopping.is_set():
                 try:
                     result = await slot.process_stored()
                 except DB_ERRORS as exc:
-                    log.warning("database unavailable (%s); retrying", type(exc).__name__)
-                    await slot.reset()
-                    await self._sleep(1.0)
+                    # Rolled back: the claimed rows are in place for the next try.
+                    if _lost(slot, exc):
+                        log.warning("database unavailable (%s); retrying", type(exc).__name__)
+                        await slot.reset()
+                        await self._sleep(1.0)
+                        continue
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.error(
+                        "a database statement failed (%s); retrying the batch in %.1fs",
+                        _describe(exc),
+                        delay,
+                    )
+                    await self._sleep(delay)
                     continue
+                failures = 0
                 self.handled += len(result.done)
                 self.dead_lettered += len(result.dead)
                 if result.count < self.settings.batch_size:
@@ -204,9 +276,21 @@ class ConsumerRunner:
                 if removed:
                     log.info("pruned %d processed inbox rows", removed)
             except DB_ERRORS as exc:
-                log.warning("prune failed (%s)", type(exc).__name__)
+                log.warning("prune failed (%s)", _describe(exc))
             await self._sleep(self.settings.prune_interval)
+
+    def _backoff(self, attempt: int) -> float:
+        return message_backoff(attempt, self.settings.backoff_base, self.settings.backoff_max)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _lost(slot: Slot, exc: Exception) -> bool:
+    """A database error that is a lost connection (not merely a failed statement)."""
+    return isinstance(exc, DatabaseUnavailable) or slot.connection_lost()
+
+
+def _describe(exc: Exception) -> str:
+    return statement_error(exc) if isinstance(exc, psycopg.Error) else error_text(exc)

@@ -19,7 +19,6 @@ from inbox.inbox import Inbox
 from inbox.optimistic import (
     HandlerFailed,
     amessage_savepoint,
-    connection_lost,
     handler_failures,
     message_savepoint,
     optimistic_atransaction,
@@ -28,7 +27,8 @@ from inbox.optimistic import (
 from inbox.registry import AsyncHandler, Registration
 from inbox.settings import ConsumerSettings
 from inbox.stored import BatchResult, process_batch_async, process_batch_sync
-from outbox.db import aconnect, connect
+from outbox.db import aconnect, connect, connection_lost
+from outbox.limits import clean_text
 from outbox.message import Message
 
 Result = bool | Exception
@@ -158,7 +158,10 @@ class Slot:
             await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
 
     async def bury(self, message: Message, attempts: int, error: str) -> None:
-        """Dead-letter a delivery the handler kept failing on, keeping its dedup key."""
+        """Dead-letter a delivery the handler kept failing on, keeping its dedup key.
+
+        `error` should come from `inbox.failures.error_text`; it is cleaned again here (a
+        no-op on clean text) for callers that format their own."""
         aconn = await self._async()
         async with aconn.transaction():
             await aconn.execute(
@@ -172,9 +175,14 @@ class Slot:
                     "content_type": message.content_type,
                     "headers": Jsonb(dict(message.headers)),
                     "attempts": attempts,
-                    "error": error[:2000],
+                    "error": clean_text(error),
                 },
             )
+
+    def connection_lost(self) -> bool:
+        """Whether one of this slot's connections is unusable (rather than a statement
+        having failed on it): decided from the connections' state, not from an exception."""
+        return any(c is not None and connection_lost(c) for c in (self._aconn, self._conn))
 
     async def reset(self) -> None:
         """Close both connections (after a connection error); the next call reconnects."""

@@ -16,11 +16,11 @@ from typing import Any, cast
 
 import psycopg
 
+from inbox.failures import error_text
 from inbox.inbox import Inbox, NoHandler
 from inbox.optimistic import (
     HandlerFailed,
     amessage_savepoint,
-    connection_lost,
     handler_failures,
     message_savepoint,
     optimistic_atransaction,
@@ -29,6 +29,7 @@ from inbox.optimistic import (
 from inbox.registry import AsyncHandler, SyncHandler
 from inbox.settings import ConsumerSettings
 from outbox.backoff import message_backoff
+from outbox.db import connection_lost
 from outbox.envelope import RESERVED
 from outbox.message import Message
 
@@ -49,7 +50,7 @@ class BatchResult:
     dead: list[tuple[int, str]] = field(default_factory=list)
 
     def failed(self, stored: StoredMessage, exc: BaseException, settings: ConsumerSettings) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:2000]
+        error = error_text(exc)
         attempt = stored.attempts + 1
         if isinstance(exc, NoHandler) or attempt >= settings.max_attempts:
             self.dead.append((stored.seq, error))

@@ -1,4 +1,9 @@
-"""Validate and encode a new message before anything touches the database."""
+"""Validate and encode a new message before anything touches the database.
+
+Topics, keys and header names are stored in indexed columns, and PostgreSQL limits a btree
+entry in bytes: every limit here counts UTF-8 bytes (`outbox.limits`), never characters,
+and the database CHECKs the same limits (migration 0004).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,21 @@ from outbox.errors import (
     PayloadTooLarge,
 )
 from outbox.ids import uuid7
+from outbox.limits import (
+    MAX_HEADER_NAME_BYTES,
+    MAX_HEADER_VALUE_BYTES,
+    MAX_HEADERS,
+    MAX_HEADERS_BYTES,
+    MAX_KEY_BYTES,
+    text_problem,
+    utf8_length,
+)
 from outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, Message
 from outbox.settings import OutboxSettings
 from outbox.tracing import current_trace_headers
 
-MAX_KEY_LENGTH = 1024
+# Kept for callers that imported it: a key's limit, in UTF-8 bytes (it was characters).
+MAX_KEY_LENGTH = MAX_KEY_BYTES
 # The longest delay; migration 0005 refuses outbox rows available later than this, so no
 # message can be parked forever (or skew the oldest-age metric) whoever writes it.
 MAX_DELAY = timedelta(days=365)
@@ -37,8 +52,7 @@ def build_message(
 ) -> Message:
     """A validated, encoded `Message` with a fresh UUIDv7 and the current trace context."""
     _check_topic(settings, topic)
-    if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_LENGTH):
-        raise InvalidMessage(f"key must be a str of at most {MAX_KEY_LENGTH} characters")
+    _check_key(key)
     body, kind = _encode(settings, payload)
     if len(body) > settings.max_payload_bytes:
         raise PayloadTooLarge(
@@ -50,7 +64,7 @@ def build_message(
         topic=topic,
         payload=body,
         key=key,
-        headers=current_trace_headers() | _check_headers(headers),
+        headers=_check_total(current_trace_headers() | _check_headers(headers)),
         content_type=content_type or kind,
         delay=_as_delay(delay),
     )
@@ -59,12 +73,19 @@ def build_message(
 def _check_topic(settings: OutboxSettings, topic: object) -> None:
     if not isinstance(topic, str) or not topic.strip():
         raise InvalidTopic("topic must be a non-empty str")
-    if len(topic) > settings.max_topic_length:
-        raise InvalidTopic(
-            f"topic is {len(topic)} characters long; the maximum is {settings.max_topic_length}"
-        )
-    if any(ord(ch) < 32 or ch.isspace() for ch in topic):
-        raise InvalidTopic(f"topic {topic!r} contains whitespace or control characters")
+    if problem := text_problem(topic, settings.max_topic_length):
+        raise InvalidTopic(f"topic {_short(topic)} {problem}")
+    if any(ch.isspace() for ch in topic):
+        raise InvalidTopic(f"topic {_short(topic)} contains whitespace")
+
+
+def _check_key(key: object) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise InvalidMessage(f"key must be a str, not {type(key).__name__}")
+    if problem := text_problem(key, MAX_KEY_BYTES):
+        raise InvalidMessage(f"key {_short(key)} {problem}")
 
 
 def _encode(settings: OutboxSettings, payload: Any) -> tuple[bytes, str]:
@@ -81,19 +102,48 @@ def _check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         return {}
     if not isinstance(headers, Mapping):
         raise InvalidHeaders("headers must be a mapping of str to str")
+    if len(headers) > MAX_HEADERS:
+        raise InvalidHeaders(f"{len(headers)} headers; the maximum is {MAX_HEADERS}")
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidHeaders(f"header {name!r}: names and values must be str")
-        if not name or "\x00" in name or "\x00" in value:
-            raise InvalidHeaders(f"header {name!r}: empty name or NUL character")
+            raise InvalidHeaders(
+                "header names and values must be str, not "
+                f"{type(name).__name__} and {type(value).__name__}"
+            )
+        if not name:
+            raise InvalidHeaders("header names must not be empty")
+        if problem := text_problem(name, MAX_HEADER_NAME_BYTES):
+            raise InvalidHeaders(f"header name {_short(name)} {problem}")
+        if problem := text_problem(value, MAX_HEADER_VALUE_BYTES):
+            raise InvalidHeaders(f"header {_short(name)}: its value {problem}")
         if name.lower() in RESERVED or name.lower().startswith(RESERVED_PREFIX):
             # The envelope (or a broker's field layout) would overwrite or drop it.
             raise InvalidHeaders(
-                f"header {name!r} is reserved for the message envelope (names starting with "
+                f"header {_short(name)} is reserved for the message envelope (names starting with "
                 f"{RESERVED_PREFIX!r} are outboxkit's); use the message's own fields "
                 "(content_type=, key=) instead"
             )
     return dict(headers)
+
+
+def _check_total(headers: dict[str, str]) -> dict[str, str]:
+    """The headers with the captured trace context, still within the count and total size."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidHeaders(
+            f"{len(headers)} headers with the trace context; the maximum is {MAX_HEADERS}"
+        )
+    size = sum(utf8_length(name) + utf8_length(value) for name, value in headers.items())
+    if size > MAX_HEADERS_BYTES:
+        raise InvalidHeaders(
+            f"headers are {size} bytes of UTF-8; the maximum is {MAX_HEADERS_BYTES}"
+        )
+    return headers
+
+
+def _short(value: str) -> str:
+    """`value` for an error message: repr'd (control characters escaped) and cut short."""
+    text = repr(value)
+    return text if len(text) <= 66 else text[:60] + "…" + text[-5:]
 
 
 def _as_delay(delay: timedelta | float | None) -> timedelta | None:

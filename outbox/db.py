@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from outbox.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+from outbox.limits import clean_text
 from outbox.redact import redact_dsn
 
 CONNECT_TIMEOUT = 10
@@ -58,6 +59,22 @@ def schema_errors(schema: str) -> Iterator[None]:
         raise SchemaNotMigrated(
             f"no outboxkit tables in schema {schema!r}: run `outboxkit migrate`"
         ) from exc
+def connection_lost(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether `conn` is unusable, as opposed to one statement having failed on it.
+
+    Decided from the connection's state, never from the exception's class: psycopg raises
+    `OperationalError` for a server gone away but also for a statement timeout or an index
+    row too large (`ProgramLimitExceeded`), which leave the connection perfectly usable.
+    """
+    return conn.closed or conn.broken
+
+
+def statement_error(exc: psycopg.Error) -> str:
+    """A failed statement in one clean line: the error's class and primary message.
+
+    Never the DETAIL, which can quote a whole row (payload included) for a constraint."""
+    primary = exc.diag.message_primary or str(exc).partition("\n")[0]
+    return clean_text(f"{type(exc).__name__}: {primary}")
 
 
 def like_pattern(glob: str) -> str:

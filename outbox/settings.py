@@ -10,6 +10,7 @@ from typing import Any
 
 from outbox.errors import ConfigurationError
 from outbox.identifiers import check_schema_name
+from outbox.limits import MAX_TOPIC_BYTES
 
 DEFAULT_SCHEMA = "outboxkit"
 _CHANNEL_SAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -25,7 +26,9 @@ class OutboxSettings:
 
     - `schema`: the schema the migrations created the tables in.
     - `max_payload_bytes`: encoded payloads above this are refused (default 1 MiB).
-    - `max_topic_length`: topics longer than this are refused.
+    - `max_topic_length`: topics of more bytes of UTF-8 than this are refused (at most
+      255, the limit the database CHECKs: a topic is indexed in the dead letters and the
+      inbox).
     - `notify`: send a NOTIFY so relays wake at once (collapsed to one per transaction).
     - `allow_autocommit`: accept a psycopg connection in autocommit mode (opt-in: each write
       then commits alone, which defeats the pattern unless you know why you want it).
@@ -34,7 +37,7 @@ class OutboxSettings:
 
     schema: str = DEFAULT_SCHEMA
     max_payload_bytes: int = 1024 * 1024
-    max_topic_length: int = 255
+    max_topic_length: int = MAX_TOPIC_BYTES
     notify: bool = True
     allow_autocommit: bool = False
     json_dumps: Callable[[Any], bytes] = field(default=_compact_json)
@@ -47,8 +50,10 @@ class OutboxSettings:
         check_schema_name(self.schema)
         if self.max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be positive")
-        if not 1 <= self.max_topic_length <= 10_000:
-            raise ConfigurationError("max_topic_length must be between 1 and 10000")
+        if not 1 <= self.max_topic_length <= MAX_TOPIC_BYTES:
+            raise ConfigurationError(
+                f"max_topic_length (bytes of UTF-8) must be between 1 and {MAX_TOPIC_BYTES}"
+            )
 
     @property
     def notify_channel(self) -> str:

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from outbox.building import build_message
 from outbox.connections import async_connection, check_transactional, sync_connection
-from outbox.errors import SchemaNotMigrated
+from outbox.errors import InvalidMessage, InvalidTopic, SchemaNotMigrated
 from outbox.message import Message
 from outbox.queries import bound
 from outbox.settings import OutboxSettings
@@ -116,6 +116,14 @@ def _schema_errors(schema: str) -> Iterator[None]:
         raise SchemaNotMigrated(
             f"the outboxkit tables are missing in schema {schema!r}: run `outboxkit migrate`"
         ) from exc
+    except errors.CheckViolation as exc:
+        # A `Message` built by hand skips `outbox.message`'s checks; the table's (migration
+        # 0004) still hold. The caller's transaction is aborted either way.
+        if exc.diag.constraint_name == "outbox_messages_topic_bytes":
+            raise InvalidTopic("a topic is over 255 bytes of UTF-8") from exc
+        if exc.diag.constraint_name == "outbox_messages_key_bytes":
+            raise InvalidMessage("a key is over 1024 bytes of UTF-8") from exc
+        raise
 
 
 def _stamped(messages: Sequence[Message], rows: Sequence[Any]) -> list[Message]:

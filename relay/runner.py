@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from migrations.current import require_current
 from outbox.backoff import message_backoff
-from outbox.db import aconnect
+from outbox.db import aconnect, connection_lost, statement_error
 from outbox.errors import DatabaseUnavailable
 from outbox.faults import CrashPoints
 from outbox.settings import notify_channel
@@ -62,6 +63,8 @@ class Relay:
         self._stopping = asyncio.Event()
         self._outages = 0
         self.last_outage: str | None = None
+        self._failures = 0  # statements failed in a row on a live connection
+        self.last_failure: str | None = None
         self.last_tick = 0.0
         self._next_tick = 0.0
 
@@ -90,9 +93,17 @@ class Relay:
             while not self._stopping.is_set():
                 try:
                     await self._loop()
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    log.warning("database connection lost (%s); reconnecting", type(exc).__name__)
-                    await self._reconnect()
+                except psycopg.Error as exc:
+                    # The connection's state says what happened, not the exception's class:
+                    # an OperationalError may be a statement timeout or an index row too
+                    # large, on a connection that is fine.
+                    if self._conn is None or connection_lost(self._conn):
+                        log.warning(
+                            "database connection lost (%s); reconnecting", type(exc).__name__
+                        )
+                        await self._reconnect()
+                    else:
+                        await self._statement_failed(self._conn, exc)
         finally:
             await self._shutdown()
 
@@ -143,6 +154,9 @@ class Relay:
         if not owned or self._stopping.is_set():
             return False
         result = await self.cycle.run(conn, owned)
+        if self._failures:
+            log.info("database statements succeed again")
+        self._failures, self.last_failure = 0, None
         if result.outage:
             self._outages += 1
             if self.last_outage is None:
@@ -153,6 +167,33 @@ class Relay:
             log.info("broker reachable again")
         self._outages, self.last_outage = 0, None
         return result.claimed >= self.settings.batch_size
+
+    async def _statement_failed(
+        self, conn: psycopg.AsyncConnection[Any], exc: psycopg.Error
+    ) -> None:
+        """A statement failed on a live connection (a settle refused, a statement timeout).
+
+        Its transaction was rolled back, so the claimed rows are in place, unchanged: the
+        batch is claimed and published again after a backoff that grows with every failure
+        in a row. Neither an exit (a restart would loop through the same batch) nor a
+        reconnect (nothing is wrong with the connection) nor an immediate retry (a spin).
+        """
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+        self._failures += 1
+        self.last_failure = statement_error(exc)
+        delay = message_backoff(
+            self._failures, self.settings.backoff_base, self.settings.backoff_max
+        )
+        log.error(
+            "a database statement failed (%s); the batch stays in place, retrying in %.1fs "
+            "(failure %d in a row)",
+            self.last_failure,
+            delay,
+            self._failures,
+        )
+        await self._pause(delay)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -215,8 +256,11 @@ class Relay:
             and not self._conn.closed
             and time.monotonic() - self.last_tick < 3 * self.settings.heartbeat_interval + 5
         )
+        database = "ok" if alive else "down"
+        if alive and self.last_failure is not None:
+            database = f"failing: {self.last_failure}"
         return {
-            "database": "ok" if alive else "down",
+            "database": database,
             "broker": "ok" if self.last_outage is None else f"down: {self.last_outage}",
             "partitions": f"{len(self.ownership.owned)} of {self.ownership.partitions} owned",
         }

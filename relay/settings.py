@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 
 from outbox.errors import ConfigurationError
 from outbox.identifiers import check_schema_name
+from outbox.limits import text_problem
 from relay.semantics import Semantics, TopicSemantics
+
+# Bytes of UTF-8; the CHECK on outbox_relays.relay_id (migration 0004) holds the same limit.
+MAX_RELAY_ID_BYTES = 255
 
 
 def _default_relay_id() -> str:
@@ -71,6 +75,10 @@ class RelaySettings:
             raise ConfigurationError("need 0 < backoff_base <= backoff_max")
         if self.heartbeat_interval <= 0 or self.relay_ttl <= 2 * self.heartbeat_interval:
             raise ConfigurationError("relay_ttl must exceed twice the heartbeat interval")
+        if not self.relay_id:
+            raise ConfigurationError("relay_id must not be empty")
+        if problem := text_problem(self.relay_id, MAX_RELAY_ID_BYTES):
+            raise ConfigurationError(f"relay_id {self.relay_id[:64]!r} {problem}")
 
     def semantics_for(self, topic: str) -> Semantics:
         """The delivery semantics configured for `topic`."""

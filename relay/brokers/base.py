@@ -16,6 +16,11 @@ message), or not retriable (message too large, no route, rejected: dead-letter i
 `unreachable` outcomes for the whole batch. Messages of the
 batch may be sent concurrently: the relay hands over at most one message per ordering key
 per call, so a publisher need not care about order.
+
+An outcome's `error` is outside text (a broker's or endpoint's answer) that ends up in
+`last_error` columns and log lines: `Outcome` cleans it on construction
+(`outbox.limits.clean_text`: control characters escaped, length bounded), so no publisher
+can store a NUL byte, a lone surrogate or a megabyte of HTML by forgetting to.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from outbox.limits import clean_text
 from outbox.message import Message
 
 
@@ -37,6 +43,11 @@ class Outcome:
     # The broker itself is unreachable: nothing is wrong with the message, so the relay
     # pauses and retries the batch without counting an attempt against the message.
     unavailable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            # Frozen: set the cleaned text the way dataclasses' own __init__ does.
+            object.__setattr__(self, "error", clean_text(self.error))
 
     @classmethod
     def ok(cls) -> Outcome:

@@ -34,6 +34,7 @@ from psycopg.types.json import Jsonb
 from outbox import sqlfile
 from outbox.envelope import to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, OutboxkitError, SchemaNotMigrated
+from outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outbox.message import Message
 from outbox.redact import redact_dsn
 from relay.brokers.base import Capabilities, Outcome
@@ -60,6 +61,9 @@ class PostgresPublisher:
     ) -> None:
         if not consumer:
             raise ConfigurationError("the postgresql:// publisher needs ?consumer=<name>")
+        if problem := text_problem(consumer, MAX_CONSUMER_BYTES):
+            # Refused here, not row by row by the inbox's CHECK: that would dead-letter all.
+            raise ConfigurationError(f"consumer name {consumer[:64]!r} {problem}")
         if not schema or len(schema.encode()) > 63 or "\x00" in schema:
             raise ConfigurationError(f"invalid schema name {schema!r}")
         self.capabilities = Capabilities(

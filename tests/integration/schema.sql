@@ -146,7 +146,10 @@ CREATE TABLE outboxkit.inbox_dead_letters (
     received_at timestamp with time zone NOT NULL,
     attempts integer NOT NULL,
     last_error text NOT NULL,
-    dead_at timestamp with time zone DEFAULT now() NOT NULL
+    dead_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT inbox_dead_letters_consumer_bytes CHECK ((octet_length(consumer) <= 255)),
+    CONSTRAINT inbox_dead_letters_key_bytes CHECK ((octet_length(key) <= 1024)),
+    CONSTRAINT inbox_dead_letters_topic_bytes CHECK ((octet_length(topic) <= 255))
 );
 CREATE TABLE outboxkit.inbox_messages (
     consumer text NOT NULL,
@@ -161,7 +164,10 @@ CREATE TABLE outboxkit.inbox_messages (
     processed_at timestamp with time zone,
     available_at timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
-    last_error text
+    last_error text,
+    CONSTRAINT inbox_messages_consumer_bytes CHECK ((octet_length(consumer) <= 255)),
+    CONSTRAINT inbox_messages_key_bytes CHECK ((octet_length(key) <= 1024)),
+    CONSTRAINT inbox_messages_topic_bytes CHECK ((octet_length(topic) <= 255))
 );
 ALTER TABLE outboxkit.inbox_messages ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME outboxkit.inbox_messages_seq_seq
@@ -183,7 +189,9 @@ CREATE TABLE outboxkit.outbox_dead_letters (
     created_at timestamp with time zone NOT NULL,
     attempts integer NOT NULL,
     last_error text NOT NULL,
-    dead_at timestamp with time zone DEFAULT now() NOT NULL
+    dead_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT outbox_dead_letters_key_bytes CHECK ((octet_length(key) <= 1024)),
+    CONSTRAINT outbox_dead_letters_topic_bytes CHECK ((octet_length(topic) <= 255))
 );
 CREATE TABLE outboxkit.outbox_key_blocks (
     partition smallint NOT NULL,
@@ -191,6 +199,7 @@ CREATE TABLE outboxkit.outbox_key_blocks (
     head_id bigint NOT NULL,
     reason text NOT NULL,
     blocked_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT outbox_key_blocks_key_bytes CHECK ((octet_length(key) <= 1024)),
     CONSTRAINT outbox_key_blocks_reason_check CHECK ((reason = ANY (ARRAY['backoff'::text, 'dead_letter'::text])))
 );
 CREATE TABLE outboxkit.outbox_messages (
@@ -205,7 +214,9 @@ CREATE TABLE outboxkit.outbox_messages (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     available_at timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
-    last_error text
+    last_error text,
+    CONSTRAINT outbox_messages_key_bytes CHECK ((octet_length(key) <= 1024)),
+    CONSTRAINT outbox_messages_topic_bytes CHECK ((octet_length(topic) <= 255))
 )
 WITH (autovacuum_vacuum_scale_factor='0.01', autovacuum_vacuum_insert_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 ALTER TABLE outboxkit.outbox_messages ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -222,7 +233,8 @@ CREATE TABLE outboxkit.outbox_relays (
     pid integer NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
-    partitions smallint[] DEFAULT '{}'::smallint[] NOT NULL
+    partitions smallint[] DEFAULT '{}'::smallint[] NOT NULL,
+    CONSTRAINT outbox_relays_relay_id_bytes CHECK ((octet_length(relay_id) <= 255))
 );
 CREATE TABLE outboxkit.outbox_settings (
     singleton boolean DEFAULT true NOT NULL,

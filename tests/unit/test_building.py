@@ -57,7 +57,7 @@ def test_invalid_topics(topic: Any) -> None:
 
 def test_topic_length_limit_is_configurable() -> None:
     assert outbox.message("t" * 255, {}).topic == "t" * 255
-    with pytest.raises(outbox.InvalidTopic, match="256 characters"):
+    with pytest.raises(outbox.InvalidTopic, match="256 bytes"):
         outbox.message("t" * 256, {})
     short = outbox.Outbox(max_topic_length=5)
     assert short.message("abcde", {}).topic == "abcde"
