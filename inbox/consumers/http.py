@@ -85,6 +85,7 @@ import psycopg
 
 from inbox.consumers.base import Delivery, Subscription
 from inbox.consumers.http_server import AsgiApp, AsgiServer, Receive, Scope, Send
+from inbox.failures import error_text
 from inbox.inbox import Inbox
 from inbox.settings import ConsumerSettings
 from inbox.slots import Slot
@@ -99,7 +100,6 @@ _log = logging.getLogger(__name__)
 MAX_PENDING = 1000  # requests waiting for the runner at once; beyond: 503
 _SEND_TIMEOUT = 5.0  # an ack waits this long at most for its answer to be written
 _MAX_SEEN = 10_000  # messages whose deliveries are counted
-_DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
 
 
 def parse_url(url: str) -> HttpOptions:
@@ -553,12 +553,22 @@ class WebhookApp:
         slot = await self._take()
         try:
             return await self._handle(slot, message, attempt)
-        except _DB_ERRORS as exc:
+        except (psycopg.Error, DatabaseUnavailable) as exc:
+            # Lost or refused, the sender retries later: never an exception out of the app.
+            # Decided from the connection's state, not the class (a statement can fail with an
+            # OperationalError on a perfectly good connection).
+            lost = isinstance(exc, DatabaseUnavailable) or slot.connection_lost()
             _log.warning(
-                "database unavailable (%s); asking the sender to retry", type(exc).__name__
+                "%s (%s); asking the sender to retry",
+                "database unavailable" if lost else "a statement failed",
+                error_text(exc),
             )
             await slot.reset()
-            return _answer(HTTPStatus.SERVICE_UNAVAILABLE, "database unavailable", retry_after=1)
+            return _answer(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "database unavailable" if lost else "database error",
+                retry_after=1,
+            )
         finally:
             self._give(slot)
 
@@ -567,7 +577,7 @@ class WebhookApp:
         ident = str(message.message_id)
         if not isinstance(result, Exception):
             return _answer(HTTPStatus.OK, "handled" if result else "duplicate", message_id=ident)
-        error = f"{type(result).__name__}: {result}"
+        error = error_text(result)
         if attempt >= self.settings.max_attempts:
             await slot.bury(message, attempt, error)
             _log.error("message %s dead-lettered: %s", ident, error)

@@ -109,7 +109,7 @@ def test_the_migration_names_rows_written_before_it_over_a_limit(empty_db: Datab
         assert "octet_length(key) > 1024" in text  # the hint: a query that finds them
         assert [m.version for m in migrations.status(empty_db.dsn) if m.applied_at] == [1, 2, 3]
         conn.execute("DELETE FROM outboxkit.inbox_messages")
-    assert [m.version for m in migrations.apply(empty_db.dsn)][0] == 4
+    assert next(m.version for m in migrations.apply(empty_db.dsn)) == 4
 
 
 def test_constraints_added_online_beforehand_are_validated_and_kept(empty_db: Database) -> None:

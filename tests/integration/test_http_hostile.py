@@ -517,3 +517,62 @@ async def test_a_hostile_corpus_leaves_the_consumer_up_and_a_good_message_is_han
         assert not task.done()
     hostile.tried("webhook consumer (raw TCP corpus)", refused=False)
     hostile.lost("webhook consumer (raw TCP corpus)", 1 - await count_effects(dsn))
+
+
+@pytest.mark.usefixtures("effects")
+@pytest.mark.parametrize("path", ["runner", "mounted app"])
+async def test_a_statement_failing_on_a_live_connection_is_a_503_and_the_receiver_survives(
+    dsn: str, path: str
+) -> None:
+    """A dead letter the database refuses (here a trigger) is not a lost database and never an
+    exception out of the app: the sender is asked to retry, and the receiver keeps serving."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON outboxkit.inbox_dead_letters"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    ib = effect_inbox()
+
+    @ib.handler("poison")
+    async def poison(tx: psycopg.AsyncConnection[Any], message: Message) -> None:
+        raise ValueError("poison")
+
+    message = outbox.message("poison", {"n": 1}, key="k")
+    headers = http_url.envelope_headers(message)
+    good = outbox.message("orders.created", {"n": 2}, key="k2")
+    if path == "runner":
+        url = consumer_url(free_port(), INSECURE)
+        runner = ConsumerRunner(ib, settings(dsn, url, max_attempts=1))
+        async with running(runner, url) as task:
+            base = url.replace("{topic}", "poison").partition("?")[0]
+            async with httpx.AsyncClient(timeout=GUARD) as client:
+                response = await client.post(base, content=message.payload, headers=headers)
+            assert response.status_code == 503, response.text
+            assert not task.done()
+            async with publisher(url) as pub:
+                await publish_until_acked(pub, [good])
+            await eventually(lambda: _effects_are(dsn, 1), within=GUARD)
+            assert not task.done()
+        return
+    app = webhook_app(ib, settings(dsn, f"http://ignored/?{INSECURE}", max_attempts=1))
+    try:
+        async with serving(app) as server, httpx.AsyncClient(timeout=GUARD) as client:
+            base = f"http://127.0.0.1:{server.port}/hooks"
+            poisoned = await client.post(
+                f"{base}/poison", content=message.payload, headers=headers
+            )
+            assert poisoned.status_code == 503, poisoned.text
+            assert poisoned.json()["status"] == "database error", poisoned.text
+            handled = await client.post(
+                f"{base}/orders.created",
+                content=good.payload,
+                headers=http_url.envelope_headers(good),
+            )
+            assert handled.status_code == 200, handled.text
+    finally:
+        await app.aclose()
+    assert await count_effects(dsn) == 1
