@@ -270,6 +270,9 @@ def _check(what: str, value: object, max_bytes: int) -> None:
     if not isinstance(value, str):
         raise _Broken(f"{what} is a {type(value).__name__}, not text")
     problem = text_problem(value, max_bytes)
+    if problem is not None and "surrogate" in problem:
+        # Brokers' bytes that are not UTF-8 arrive as lone surrogates (`native_text`).
+        raise _Broken(f"{what} is not UTF-8 text: it {problem}")
     if problem is not None:
         raise _Broken(f"{what} {problem}")
 
