@@ -6,6 +6,10 @@ deliveries the message is dead-lettered (with its dedup key) and acked.
 
 Durable mode: deliveries are stored (dedup on insert), committed, then acked at once; inbox
 workers handle the stored rows per key in order, with retries and dead letters.
+
+Either mode: a delivery with a broken envelope (`Delivery.malformed`) is dead-lettered at
+once, without a dedup row, if it carries a valid id; otherwise it is logged, counted
+(`malformed_dropped`) and dropped. Either way it is acked.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 
 import psycopg
 
-from inbox.consumers import Consumer, Delivery, Subscription, create_consumer
+from inbox.consumers import Consumer, Delivery, Malformed, Subscription, create_consumer
 from inbox.inbox import Inbox, NoHandler
 from inbox.retention import prune
 from inbox.settings import ConsumerSettings, Mode
@@ -24,6 +28,7 @@ from inbox.slots import Slot
 from outbox.backoff import message_backoff
 from outbox.errors import DatabaseUnavailable
 from outbox.faults import CrashPoints
+from outbox.limits import clean_text
 
 log = logging.getLogger("outboxkit.inbox")
 
@@ -47,6 +52,10 @@ class ConsumerRunner:
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
+        # Deliveries whose envelope is broken: kept as dead letters (they had an id), or
+        # dropped (nothing identified them).
+        self.malformed_dead_lettered = 0
+        self.malformed_dropped = 0
 
     def stop(self) -> None:
         """Stop fetching; deliveries in flight are finished and acked first."""
@@ -112,29 +121,23 @@ class ConsumerRunner:
 
     async def _handle(self, slot: Slot, deliveries: list[Delivery]) -> None:
         """Handle a fetched batch in one transaction, then ack, retry or dead-letter each."""
-        valid = []
-        for delivery in deliveries:
-            if delivery.message is None:
-                log.error("dropping a malformed delivery: %s", delivery.malformed)
-                await delivery.ack()
-            else:
-                valid.append(delivery)
-        if not valid:
-            return
-        results = await slot.handle_many(
-            [d.message for d in valid if d.message is not None],
-            cautious=any(d.attempt > 1 for d in valid),
-        )
-        self.crash.reached("after_handle_commit")
-        for delivery, result in zip(valid, results, strict=True):
-            if isinstance(result, Exception):
-                await self._failed(slot, delivery, result)
-                continue
-            if result:
-                self.handled += 1
-            else:
-                self.duplicates += 1
-            await delivery.ack()  # only now: the inbox transaction has committed
+        valid = [d for d in deliveries if d.message is not None]
+        if valid:
+            results = await slot.handle_many(
+                [d.message for d in valid if d.message is not None],
+                cautious=any(d.attempt > 1 for d in valid),
+            )
+            self.crash.reached("after_handle_commit")
+            for delivery, result in zip(valid, results, strict=True):
+                if isinstance(result, Exception):
+                    await self._failed(slot, delivery, result)
+                    continue
+                if result:
+                    self.handled += 1
+                else:
+                    self.duplicates += 1
+                await delivery.ack()  # only now: the inbox transaction has committed
+        await self._bury_malformed(slot, [d for d in deliveries if d.message is None])
 
     async def _failed(self, slot: Slot, delivery: Delivery, exc: Exception) -> None:
         message = delivery.message
@@ -155,14 +158,52 @@ class ConsumerRunner:
         await delivery.nak(delay)
 
     async def _store(self, slot: Slot, deliveries: list[Delivery]) -> None:
-        messages = [d.message for d in deliveries if d.message is not None]
-        for delivery in deliveries:
-            if delivery.message is None:
-                log.error("dropping a malformed delivery: %s", delivery.malformed)
-        if messages:
-            await slot.store(messages)
+        valid = [d for d in deliveries if d.message is not None]
+        if valid:
+            await slot.store([d.message for d in valid if d.message is not None])
         self.crash.reached("after_store_commit")
-        for delivery in deliveries:
+        for delivery in valid:
+            await delivery.ack()
+        await self._bury_malformed(slot, [d for d in deliveries if d.message is None])
+
+    async def _bury_malformed(self, slot: Slot, deliveries: list[Delivery]) -> None:
+        """Dead-letter the malformed deliveries that carry an id, count and drop the others,
+        then ack them all.
+
+        In a transaction of their own, after the batch's well-formed messages were settled:
+        nothing here can hold those back or roll them back. A lost connection leaves these
+        to be redelivered; a refused statement (nothing of a `Malformed` should be refused)
+        drops them rather than stopping the runner.
+        """
+        if not deliveries:
+            return
+        found = [_malformed(d) for d in deliveries]
+        buried = {id(m) for m in found if m.message_id is not None}
+        if buried:
+            try:
+                await slot.bury_malformed([m for m in found if id(m) in buried])
+            except DB_ERRORS as exc:
+                log.warning(
+                    "database unavailable (%s); redelivering malformed deliveries",
+                    type(exc).__name__,
+                )
+                await slot.reset()
+                for delivery in deliveries:
+                    with contextlib.suppress(Exception):
+                        await delivery.nak(1.0)
+                return
+            except psycopg.Error as exc:
+                log.error("could not dead-letter malformed deliveries: %s", clean_text(exc))
+                buried = set()
+        for delivery, malformed in zip(deliveries, found, strict=True):
+            if id(malformed) in buried:
+                self.malformed_dead_lettered += 1
+                log.error(
+                    "malformed delivery %s dead-lettered: %s", malformed.message_id, malformed
+                )
+            else:
+                self.malformed_dropped += 1
+                log.error("dropping a malformed delivery (no usable message id): %s", malformed)
             await delivery.ack()
 
     # -- durable workers -------------------------------------------------------------------
@@ -203,3 +244,10 @@ class ConsumerRunner:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _malformed(delivery: Delivery) -> Malformed:
+    found = delivery.malformed
+    if isinstance(found, Malformed):
+        return found
+    return Malformed(clean_text(found or "the adapter gave no message and no reason"))

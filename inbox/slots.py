@@ -29,6 +29,8 @@ from inbox.registry import AsyncHandler, Registration
 from inbox.settings import ConsumerSettings
 from inbox.stored import BatchResult, process_batch_async, process_batch_sync
 from outbox.db import aconnect, connect
+from outbox.envelope import Malformed
+from outbox.limits import clean_text
 from outbox.message import Message
 
 Result = bool | Exception
@@ -173,6 +175,24 @@ class Slot:
                     "headers": Jsonb(dict(message.headers)),
                     "attempts": attempts,
                     "error": error[:2000],
+                },
+            )
+
+    async def bury_malformed(self, found: list[Malformed]) -> None:
+        """Dead-letter deliveries with a broken envelope (each with an id), committed."""
+        aconn = await self._async()
+        async with aconn.transaction():
+            await aconn.execute(
+                self.inbox.queries["bury_malformed"],
+                {
+                    "consumer": self.inbox.consumer,
+                    "message_ids": [m.message_id for m in found],
+                    "topics": [m.topic for m in found],
+                    "keys": [m.key for m in found],
+                    "payloads": [m.payload for m in found],
+                    "content_types": [m.content_type for m in found],
+                    "headers": [Jsonb(dict(m.headers)) for m in found],
+                    "errors": [clean_text(f"malformed envelope: {m.reason}") for m in found],
                 },
             )
 
