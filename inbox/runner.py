@@ -7,9 +7,8 @@ deliveries the message is dead-lettered (with its dedup key) and acked.
 Durable mode: deliveries are stored (dedup on insert), committed, then acked at once; inbox
 workers handle the stored rows per key in order, with retries and dead letters.
 
-Either mode: a delivery with a broken envelope (`Delivery.malformed`) is dead-lettered at
-once, without a dedup row, if it carries a valid id; otherwise it is logged, counted
-(`malformed_dropped`) and dropped. Either way it is acked.
+Either mode: deliveries with a broken envelope go to `inbox.malformed` (dead letters when
+they carry an id, else counted in `malformed_dropped`), after the rest of their batch.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ import logging
 
 import psycopg
 
-from inbox.consumers import Consumer, Delivery, Malformed, Subscription, create_consumer
+from inbox import malformed
+from inbox.consumers import Consumer, Delivery, Subscription, create_consumer
 from inbox.inbox import Inbox, NoHandler
 from inbox.retention import prune
 from inbox.settings import ConsumerSettings, Mode
@@ -28,7 +28,6 @@ from inbox.slots import Slot
 from outbox.backoff import message_backoff
 from outbox.errors import DatabaseUnavailable
 from outbox.faults import CrashPoints
-from outbox.limits import clean_text
 
 log = logging.getLogger("outboxkit.inbox")
 
@@ -52,10 +51,8 @@ class ConsumerRunner:
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
-        # Deliveries whose envelope is broken: kept as dead letters (they had an id), or
-        # dropped (nothing identified them).
-        self.malformed_dead_lettered = 0
-        self.malformed_dropped = 0
+        self.malformed_dead_lettered = 0  # broken envelopes with an id
+        self.malformed_dropped = 0  # broken envelopes nothing identified
 
     def stop(self) -> None:
         """Stop fetching; deliveries in flight are finished and acked first."""
@@ -123,21 +120,24 @@ class ConsumerRunner:
         """Handle a fetched batch in one transaction, then ack, retry or dead-letter each."""
         valid = [d for d in deliveries if d.message is not None]
         if valid:
-            results = await slot.handle_many(
-                [d.message for d in valid if d.message is not None],
-                cautious=any(d.attempt > 1 for d in valid),
-            )
-            self.crash.reached("after_handle_commit")
-            for delivery, result in zip(valid, results, strict=True):
-                if isinstance(result, Exception):
-                    await self._failed(slot, delivery, result)
-                    continue
-                if result:
-                    self.handled += 1
-                else:
-                    self.duplicates += 1
-                await delivery.ack()  # only now: the inbox transaction has committed
-        await self._bury_malformed(slot, [d for d in deliveries if d.message is None])
+            await self._handle_valid(slot, valid)
+        await self._settle_malformed(slot, [d for d in deliveries if d.message is None])
+
+    async def _handle_valid(self, slot: Slot, valid: list[Delivery]) -> None:
+        results = await slot.handle_many(
+            [d.message for d in valid if d.message is not None],
+            cautious=any(d.attempt > 1 for d in valid),
+        )
+        self.crash.reached("after_handle_commit")
+        for delivery, result in zip(valid, results, strict=True):
+            if isinstance(result, Exception):
+                await self._failed(slot, delivery, result)
+                continue
+            if result:
+                self.handled += 1
+            else:
+                self.duplicates += 1
+            await delivery.ack()  # only now: the inbox transaction has committed
 
     async def _failed(self, slot: Slot, delivery: Delivery, exc: Exception) -> None:
         message = delivery.message
@@ -158,53 +158,19 @@ class ConsumerRunner:
         await delivery.nak(delay)
 
     async def _store(self, slot: Slot, deliveries: list[Delivery]) -> None:
-        valid = [d for d in deliveries if d.message is not None]
-        if valid:
-            await slot.store([d.message for d in valid if d.message is not None])
+        messages = [d.message for d in deliveries if d.message is not None]
+        if messages:
+            await slot.store(messages)
         self.crash.reached("after_store_commit")
-        for delivery in valid:
-            await delivery.ack()
-        await self._bury_malformed(slot, [d for d in deliveries if d.message is None])
+        for delivery in deliveries:
+            if delivery.message is not None:
+                await delivery.ack()
+        await self._settle_malformed(slot, [d for d in deliveries if d.message is None])
 
-    async def _bury_malformed(self, slot: Slot, deliveries: list[Delivery]) -> None:
-        """Dead-letter the malformed deliveries that carry an id, count and drop the others,
-        then ack them all.
-
-        In a transaction of their own, after the batch's well-formed messages were settled:
-        nothing here can hold those back or roll them back. A lost connection leaves these
-        to be redelivered; a refused statement (nothing of a `Malformed` should be refused)
-        drops them rather than stopping the runner.
-        """
-        if not deliveries:
-            return
-        found = [_malformed(d) for d in deliveries]
-        buried = {id(m) for m in found if m.message_id is not None}
-        if buried:
-            try:
-                await slot.bury_malformed([m for m in found if id(m) in buried])
-            except DB_ERRORS as exc:
-                log.warning(
-                    "database unavailable (%s); redelivering malformed deliveries",
-                    type(exc).__name__,
-                )
-                await slot.reset()
-                for delivery in deliveries:
-                    with contextlib.suppress(Exception):
-                        await delivery.nak(1.0)
-                return
-            except psycopg.Error as exc:
-                log.error("could not dead-letter malformed deliveries: %s", clean_text(exc))
-                buried = set()
-        for delivery, malformed in zip(deliveries, found, strict=True):
-            if id(malformed) in buried:
-                self.malformed_dead_lettered += 1
-                log.error(
-                    "malformed delivery %s dead-lettered: %s", malformed.message_id, malformed
-                )
-            else:
-                self.malformed_dropped += 1
-                log.error("dropping a malformed delivery (no usable message id): %s", malformed)
-            await delivery.ack()
+    async def _settle_malformed(self, slot: Slot, deliveries: list[Delivery]) -> None:
+        settled = await malformed.settle(slot, deliveries)
+        self.malformed_dead_lettered += settled.dead_lettered
+        self.malformed_dropped += settled.dropped
 
     # -- durable workers -------------------------------------------------------------------
 
@@ -244,10 +210,3 @@ class ConsumerRunner:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-
-
-def _malformed(delivery: Delivery) -> Malformed:
-    found = delivery.malformed
-    if isinstance(found, Malformed):
-        return found
-    return Malformed(clean_text(found or "the adapter gave no message and no reason"))

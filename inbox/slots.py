@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any, cast
 from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from inbox.consumers import Malformed
 from inbox.inbox import Inbox
 from inbox.optimistic import (
     HandlerFailed,
@@ -29,8 +31,6 @@ from inbox.registry import AsyncHandler, Registration
 from inbox.settings import ConsumerSettings
 from inbox.stored import BatchResult, process_batch_async, process_batch_sync
 from outbox.db import aconnect, connect
-from outbox.envelope import Malformed
-from outbox.limits import clean_text
 from outbox.message import Message
 
 Result = bool | Exception
@@ -159,6 +159,25 @@ class Slot:
             )
             await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
 
+    async def bury_malformed(self, found: Sequence[Malformed]) -> None:
+        """Dead-letter deliveries whose envelope is broken (each with an id), committed;
+        without dedup rows (see `inbox.malformed`)."""
+        aconn = await self._async()
+        async with aconn.transaction():
+            await aconn.execute(
+                self.inbox.queries["bury_malformed"],
+                {
+                    "consumer": self.inbox.consumer,
+                    "message_ids": [m.message_id for m in found],
+                    "topics": [m.topic for m in found],
+                    "keys": [m.key for m in found],
+                    "payloads": [m.payload for m in found],
+                    "content_types": [m.content_type for m in found],
+                    "headers": [Jsonb(dict(m.headers)) for m in found],
+                    "errors": [f"malformed envelope: {m.reason}" for m in found],
+                },
+            )
+
     async def bury(self, message: Message, attempts: int, error: str) -> None:
         """Dead-letter a delivery the handler kept failing on, keeping its dedup key."""
         aconn = await self._async()
@@ -175,24 +194,6 @@ class Slot:
                     "headers": Jsonb(dict(message.headers)),
                     "attempts": attempts,
                     "error": error[:2000],
-                },
-            )
-
-    async def bury_malformed(self, found: list[Malformed]) -> None:
-        """Dead-letter deliveries with a broken envelope (each with an id), committed."""
-        aconn = await self._async()
-        async with aconn.transaction():
-            await aconn.execute(
-                self.inbox.queries["bury_malformed"],
-                {
-                    "consumer": self.inbox.consumer,
-                    "message_ids": [m.message_id for m in found],
-                    "topics": [m.topic for m in found],
-                    "keys": [m.key for m in found],
-                    "payloads": [m.payload for m in found],
-                    "content_types": [m.content_type for m in found],
-                    "headers": [Jsonb(dict(m.headers)) for m in found],
-                    "errors": [clean_text(f"malformed envelope: {m.reason}") for m in found],
                 },
             )
 

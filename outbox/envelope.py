@@ -196,7 +196,7 @@ def _read(headers: Mapping[str, str], payload: bytes, fallback: str | None) -> M
     return Message(
         message_id=message_id,
         topic=topic,
-        payload=bytes(payload),
+        payload=payload,
         key=key,
         headers=_check_user_headers(headers),
         content_type=content_type,
