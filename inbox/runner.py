@@ -6,9 +6,6 @@ deliveries the message is dead-lettered (with its dedup key) and acked.
 
 Durable mode: deliveries are stored (dedup on insert), committed, then acked at once; inbox
 workers handle the stored rows per key in order, with retries and dead letters.
-
-Either mode: deliveries with a broken envelope go to `inbox.malformed` (dead letters when
-they carry an id, else counted in `malformed_dropped`), after the rest of their batch.
 """
 
 from __future__ import annotations
@@ -168,6 +165,8 @@ class ConsumerRunner:
         await self._settle_malformed(slot, [d for d in deliveries if d.message is None])
 
     async def _settle_malformed(self, slot: Slot, deliveries: list[Delivery]) -> None:
+        """Either mode, after the rest of their batch: deliveries with a broken envelope
+        become dead letters if they carry an id, else are counted and dropped."""
         settled = await malformed.settle(slot, deliveries)
         self.malformed_dead_lettered += settled.dead_lettered
         self.malformed_dropped += settled.dropped
