@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,9 +11,12 @@ from uuid import UUID
 
 import psycopg
 
+from inbox.failures import is_malformed
 from inbox.queries import bound
 from outbox.db import connect, like_pattern, schema_errors
 from outbox.errors import ConfigurationError
+
+log = logging.getLogger("outboxkit.inbox")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ def _act(
             filters.get("key"),
             int(filters.get("limit") or 100_000),
         )
+        if query == "retry_dead_letters":
+            found = _without_malformed(found)
         if found and not dry_run:
             conn.execute(
                 bound(schema)[query],
@@ -80,6 +86,24 @@ def _act(
                 },
             )
     return found
+
+
+def _without_malformed(found: list[InboxDeadLetter]) -> list[InboxDeadLetter]:
+    # A broken envelope's dead letter holds cleaned fields, not what was sent, and wrote no
+    # dedup row: a well-formed copy may have been handled since. Retrying it could run a
+    # handler on altered data, or twice. List or purge it; have the sender send it again.
+    kept = [d for d in found if not is_malformed(d.attempts, d.last_error)]
+    for d in found:
+        if not is_malformed(d.attempts, d.last_error):
+            continue
+        log.warning(
+            "not retrying %s of consumer %s: its envelope was malformed (%s); purge it and "
+            "have the sender publish it again",
+            d.message_id,
+            d.consumer,
+            d.last_error,
+        )
+    return kept
 
 
 def _find(

@@ -17,3 +17,12 @@ def error_text(exc: BaseException) -> str:
     """`Type: message` of `exc`, escaped and bounded for `last_error` and log lines."""
     name = clean_text(type(exc).__name__, _TYPE_NAME_BYTES)
     return clean_text(f"{name}: {clean_text(exc)}")
+
+
+# `last_error` of a dead letter made from a delivery whose envelope was broken.
+MALFORMED_PREFIX = "malformed envelope: "
+
+
+def is_malformed(attempts: int, last_error: str) -> bool:
+    """Whether an inbox dead letter came from a broken envelope (no handler ever ran)."""
+    return attempts == 0 and last_error.startswith(MALFORMED_PREFIX)

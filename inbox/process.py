@@ -57,11 +57,15 @@ async def serve(inbox: Inbox, settings: ConsumerSettings) -> ConsumerRunner:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
     log.info(
-        "consumer %s stopped: %d handled, %d duplicates, %d dead-lettered",
+        "consumer %s stopped: %d handled, %d duplicates, %d dead-lettered, "
+        "%d malformed (%d dead-lettered, %d dropped)",
         inbox.consumer,
         runner.handled,
         runner.duplicates,
         runner.dead_lettered,
+        runner.malformed_dead_lettered + runner.malformed_dropped,
+        runner.malformed_dead_lettered,
+        runner.malformed_dropped,
     )
     return runner
 

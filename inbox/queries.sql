@@ -111,6 +111,22 @@ VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, %(payload)s, %(content
         %(headers)s, now(), %(attempts)s, %(error)s)
 ON CONFLICT (consumer, message_id) DO NOTHING
 
+-- name: bury_malformed
+-- Deliveries whose envelope is broken, with the id they carried: kept as dead letters with
+-- what could be kept of them (cleaned), `attempts` 0 (no handler ever ran). No dedup row:
+-- the id came in a broken envelope, and a well-formed message with that id must still be
+-- handled when it arrives.
+INSERT INTO {inbox_dead_letters}
+    (consumer, message_id, topic, key, payload, content_type, headers, received_at,
+     attempts, last_error)
+SELECT %(consumer)s, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers,
+       now(), 0, m.error
+FROM unnest(%(message_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[],
+            %(payloads)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[],
+            %(errors)s::text[])
+     AS m(message_id, topic, key, payload, content_type, headers, error)
+ON CONFLICT (consumer, message_id) DO NOTHING
+
 -- name: find_dead_letters
 SELECT consumer, message_id, topic, key, attempts, last_error, dead_at
 FROM {inbox_dead_letters}

@@ -22,6 +22,7 @@ import logging
 
 import psycopg
 
+from inbox import malformed
 from inbox.consumers import Consumer, Delivery, Subscription, create_consumer
 from inbox.failures import error_text
 from inbox.inbox import Inbox, NoHandler
@@ -59,6 +60,8 @@ class ConsumerRunner:
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
+        self.malformed_dead_lettered = 0  # broken envelopes with an id
+        self.malformed_dropped = 0  # broken envelopes nothing identified
 
     def stop(self) -> None:
         """Stop fetching; deliveries in flight are finished and acked first."""
@@ -142,15 +145,12 @@ class ConsumerRunner:
 
     async def _handle(self, slot: Slot, deliveries: list[Delivery]) -> None:
         """Handle a fetched batch in one transaction, then ack, retry or dead-letter each."""
-        valid = []
-        for delivery in deliveries:
-            if delivery.message is None:
-                log.error("dropping a malformed delivery: %s", delivery.malformed)
-                await delivery.ack()
-            else:
-                valid.append(delivery)
-        if not valid:
-            return
+        valid = [d for d in deliveries if d.message is not None]
+        if valid:
+            await self._handle_valid(slot, valid)
+        await self._settle_malformed(slot, [d for d in deliveries if d.message is None])
+
+    async def _handle_valid(self, slot: Slot, valid: list[Delivery]) -> None:
         results = await slot.handle_many(
             [d.message for d in valid if d.message is not None],
             cautious=any(d.attempt > 1 for d in valid),
@@ -197,9 +197,6 @@ class ConsumerRunner:
 
     async def _store(self, slot: Slot, deliveries: list[Delivery]) -> None:
         valid = [d for d in deliveries if d.message is not None]
-        for delivery in deliveries:
-            if delivery.message is None:
-                log.error("dropping a malformed delivery: %s", delivery.malformed)
         failed: dict[int, Exception] = {}
         if valid:
             try:
@@ -211,12 +208,13 @@ class ConsumerRunner:
                 # hold up the others: store each on its own, and fail only the refused.
                 failed = await self._store_each(slot, valid)
         self.crash.reached("after_store_commit")
-        for delivery in deliveries:
+        for delivery in valid:
             refused = failed.get(id(delivery))
             if refused is None:
                 await delivery.ack()
             else:
                 await self._failed(slot, delivery, refused)
+        await self._settle_malformed(slot, [d for d in deliveries if d.message is None])
 
     async def _store_each(self, slot: Slot, deliveries: list[Delivery]) -> dict[int, Exception]:
         """Store deliveries one by one; the exceptions of those refused, by `id(delivery)`."""
@@ -230,6 +228,13 @@ class ConsumerRunner:
                     raise
                 refused[id(delivery)] = exc
         return refused
+
+    async def _settle_malformed(self, slot: Slot, deliveries: list[Delivery]) -> None:
+        """Either mode, after the rest of their batch: deliveries with a broken envelope
+        become dead letters if they carry an id, else are counted and dropped."""
+        settled = await malformed.settle(slot, deliveries)
+        self.malformed_dead_lettered += settled.dead_lettered
+        self.malformed_dropped += settled.dropped
 
     # -- durable workers -------------------------------------------------------------------
 

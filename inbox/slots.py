@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any, cast
 from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from inbox.consumers import Malformed
+from inbox.failures import MALFORMED_PREFIX
 from inbox.inbox import Inbox
 from inbox.optimistic import (
     HandlerFailed,
@@ -156,6 +159,25 @@ class Slot:
                 self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
             )
             await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
+
+    async def bury_malformed(self, found: Sequence[Malformed]) -> None:
+        """Dead-letter deliveries whose envelope is broken (each with an id), committed;
+        without dedup rows (see `inbox.malformed`)."""
+        aconn = await self._async()
+        async with aconn.transaction():
+            await aconn.execute(
+                self.inbox.queries["bury_malformed"],
+                {
+                    "consumer": self.inbox.consumer,
+                    "message_ids": [m.message_id for m in found],
+                    "topics": [m.topic for m in found],
+                    "keys": [m.key for m in found],
+                    "payloads": [m.payload for m in found],
+                    "content_types": [m.content_type for m in found],
+                    "headers": [Jsonb(dict(m.headers)) for m in found],
+                    "errors": [f"{MALFORMED_PREFIX}{m.reason}" for m in found],
+                },
+            )
 
     async def bury(self, message: Message, attempts: int, error: str) -> None:
         """Dead-letter a delivery the handler kept failing on, keeping its dedup key.

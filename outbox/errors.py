@@ -6,7 +6,8 @@ OutboxkitError                    root; `retriable` says whether trying again ma
 │   ├── InvalidTopic              empty, too long, or no route for it
 │   ├── InvalidHeaders            headers that are not a str -> str map
 │   ├── PayloadNotSerializable    the payload does not encode as JSON
-│   └── PayloadTooLarge           over the configured maximum size
+│   ├── PayloadTooLarge           over the configured maximum size
+│   └── MalformedEnvelope         a delivered envelope is broken (outbox.envelope)
 ├── TransactionRequired           the connection would not make the write transactional
 ├── UnsupportedConnection         not a psycopg 3 / SQLAlchemy-on-psycopg transaction
 ├── MigrationError                the schema cannot be brought up to date

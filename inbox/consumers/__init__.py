@@ -11,6 +11,7 @@ import importlib
 from urllib.parse import urlsplit
 
 from inbox.consumers.base import Consumer, Delivery, Subscription
+from outbox.envelope import Malformed
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
 
@@ -55,4 +56,11 @@ def create_consumer(url: str, subscription: Subscription) -> Consumer | None:
     return consumer
 
 
-__all__ = ["SCHEMES", "Consumer", "Delivery", "Subscription", "create_consumer"]
+__all__ = [
+    "SCHEMES",
+    "Consumer",
+    "Delivery",
+    "Malformed",
+    "Subscription",
+    "create_consumer",
+]

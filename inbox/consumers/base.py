@@ -7,8 +7,15 @@
 
 `fetch` returns what the broker delivered (possibly nothing after `wait` seconds). The runner
 acks a delivery only after the inbox transaction committed; `nak(delay)` asks the broker to
-redeliver later. A delivery the adapter could not decode carries `malformed` instead of a
-message: the runner logs it and acks it so it cannot block the stream.
+redeliver later.
+
+A delivery the adapter could not decode carries `malformed` (an `outbox.envelope.Malformed`)
+instead of a message: the reason, and what could be kept of it (its id if valid, the raw
+payload, the cleaned topic, key and headers). The runner dead-letters it into the inbox's
+dead letters when it has an id, else logs, counts and drops it; either way it acks it so it
+cannot block the stream. Decoding never raises out of `fetch`: whatever the broker hands
+over (foreign publishers included) becomes a message or a malformed delivery, through
+`outbox.envelope.from_headers` and `Malformed.of`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from outbox.envelope import Malformed
 from outbox.message import Message
 
 
@@ -23,8 +31,11 @@ class Delivery(Protocol):
     """One message as the broker delivered it."""
 
     message: Message | None
-    malformed: str | None
     attempt: int  # 1 on first delivery
+
+    @property
+    def malformed(self) -> Malformed | str | None:
+        """Why `message` is None: a `Malformed` (a bare reason keeps nothing: dropped)."""
 
     async def ack(self) -> None:
         """The broker may forget the message."""

@@ -56,7 +56,7 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, TypeVar
@@ -66,7 +66,7 @@ from confluent_kafka import Message as Record
 
 from inbox.consumers.base import Delivery, Subscription
 from outbox import kafka_url
-from outbox.envelope import from_headers
+from outbox.envelope import Malformed, from_headers, native_text
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.kafka_url import KafkaOptions, LibrdkafkaLog
 from outbox.message import Message
@@ -202,7 +202,7 @@ class KafkaDelivery:
     offset: int
     generation: int
     message: Message | None
-    malformed: str | None
+    malformed: Malformed | None
     attempt: int
 
     async def ack(self) -> None:
@@ -214,24 +214,46 @@ class KafkaDelivery:
         self.consumer._nak(self, delay)
 
 
-def decode(record: Record, options: KafkaOptions) -> tuple[Message | None, str | None]:
-    """The message a publisher sent in `record`, or why it cannot be read."""
-    kafka_topic = record.topic() or ""
-    where = f"(Kafka topic {kafka_topic}, partition {record.partition()}, offset {record.offset()})"
-    headers: dict[str, str] = {}
+def decode_record(
+    kafka_topic: str, headers: Any, value: bytes | None, options: KafkaOptions
+) -> Message | Malformed:
+    """The message a publisher sent, from a record's Kafka topic, headers and value.
+
+    `headers` as confluent-kafka gives them: a list of (name, value) pairs (or a dict), the
+    values bytes or None. Values that are not UTF-8 are refused by `from_headers`, naming them.
+    """
+    payload = value or b""
+    text: dict[str, str] = {}
     try:
-        raw = record.headers() or []
-        for name, value in raw.items() if isinstance(raw, dict) else raw:
-            headers[name] = value.decode() if isinstance(value, bytes) else (value or "")
-    except UnicodeDecodeError:
-        return None, f"a header is not UTF-8 {where}"
+        pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+        for name, raw in pairs:
+            text.setdefault(native_text(name), native_text(raw) if raw is not None else "")
+    except (TypeError, ValueError):
+        return Malformed("the record's headers are not (name, value) pairs", payload)
     fallback = None
     if options.topic is None and kafka_topic.startswith(options.topic_prefix):
         fallback = kafka_topic[len(options.topic_prefix) :]
     try:
-        return from_headers(headers, record.value() or b"", topic=fallback), None
+        return from_headers(text, payload, topic=fallback)
     except InvalidMessage as exc:
-        return None, f"{exc} {where}"
+        return Malformed.of(exc, payload)
+
+
+def decode(record: Record, options: KafkaOptions) -> tuple[Message | None, Malformed | None]:
+    """The message a publisher sent in `record`, or why it cannot be read."""
+    kafka_topic = record.topic() or ""
+    where = f"(Kafka topic {kafka_topic}, partition {record.partition()}, offset {record.offset()})"
+    try:
+        headers = record.headers()
+    except (ValueError, TypeError) as exc:  # e.g. a header name that is not UTF-8
+        found: Message | Malformed = Malformed(
+            f"unreadable headers ({type(exc).__name__})", record.value() or b""
+        )
+    else:
+        found = decode_record(kafka_topic, headers, record.value(), options)
+    if isinstance(found, Malformed):
+        return None, found.at(where)
+    return found, None
 
 
 # -- the consumer ------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from inbox.consumers.base import Delivery, Subscription
 from outbox import nats_url
 from outbox.bounded import settle_within
-from outbox.envelope import from_headers
+from outbox.envelope import Malformed, from_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.nats_url import NatsOptions, subject_matches, valid_subject, valid_token
@@ -177,7 +177,7 @@ class NatsDelivery:
 
     msg: Msg
     message: Message | None
-    malformed: str | None
+    malformed: Malformed | None
     attempt: int
 
     async def ack(self) -> None:
@@ -217,13 +217,14 @@ def _sequence(msg: Msg) -> str:
 
 
 def decode(msg: Msg, filters: Filters) -> NatsDelivery:
-    """The delivery for `msg`; `malformed` says why if its envelope is broken."""
+    """The delivery for `msg`; `malformed` says why (and keeps what it can) if it is broken."""
+    payload = msg.data or b""
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
     try:
-        message = from_headers(headers, msg.data, topic=filters.topic(msg.subject))
+        message = from_headers(headers, payload, topic=filters.topic(msg.subject))
     except InvalidMessage as exc:
-        reason = f"{exc} (subject {msg.subject}, stream sequence {_sequence(msg)})"
-        return NatsDelivery(msg, None, reason, _attempt(msg))
+        where = f"(subject {msg.subject}, stream sequence {_sequence(msg)})"
+        return NatsDelivery(msg, None, Malformed.of(exc, payload, where), _attempt(msg))
     return NatsDelivery(msg, message, None, _attempt(msg))
 
 

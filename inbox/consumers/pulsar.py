@@ -68,7 +68,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -78,7 +78,7 @@ import pulsar
 
 from inbox.consumers.base import Delivery, Subscription
 from outbox import pulsar_url
-from outbox.envelope import from_headers
+from outbox.envelope import Malformed, from_headers, native_text
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.pulsar_url import PulsarOptions
@@ -133,7 +133,7 @@ class PulsarDelivery:
     consumer: PulsarConsumer
     msg: pulsar.Message
     message: Message | None
-    malformed: str | None
+    malformed: Malformed | None
     attempt: int
 
     async def ack(self) -> None:
@@ -145,15 +145,36 @@ class PulsarDelivery:
         self.consumer._nak(self.msg, self.attempt + 1, delay)
 
 
-def decode(msg: pulsar.Message, options: PulsarOptions) -> tuple[Message | None, str | None]:
+def decode_properties(
+    properties: Any, data: bytes | None, topic: str | None
+) -> Message | Malformed:
+    """The message a publisher sent, from a Pulsar message's properties and data, or why it
+    is broken; `topic` is the one the Pulsar topic stands for (see `topic_of`)."""
+    payload = data or b""
+    if not isinstance(properties, Mapping):
+        return Malformed("the message's properties are not a map", payload)
+    text = {native_text(k): native_text(v) for k, v in properties.items()}
+    try:
+        return from_headers(text, payload, topic=topic)
+    except InvalidMessage as exc:
+        return Malformed.of(exc, payload)
+
+
+def decode(msg: pulsar.Message, options: PulsarOptions) -> tuple[Message | None, Malformed | None]:
     """The message a publisher sent in `msg`, or why it cannot be read."""
     topic = _PARTITION.sub("", msg.topic_name() or "")
     where = f"(Pulsar topic {topic}, message {msg.message_id()})"
     try:
-        message = from_headers(msg.properties(), msg.data() or b"", topic=options.topic_of(topic))
-    except InvalidMessage as exc:
-        return None, f"{exc} {where}"
-    return message, None
+        properties = msg.properties()
+    except (ValueError, TypeError) as exc:  # e.g. a property that is not UTF-8
+        found: Message | Malformed = Malformed(
+            f"unreadable properties ({type(exc).__name__})", msg.data() or b""
+        )
+    else:
+        found = decode_properties(properties, msg.data(), options.topic_of(topic))
+    if isinstance(found, Malformed):
+        return None, found.at(where)
+    return found, None
 
 
 class PulsarConsumer:

@@ -76,7 +76,7 @@ from aio_pika.abc import (
 from yarl import URL
 
 from inbox.consumers.base import Delivery, Subscription
-from outbox.envelope import CONTENT_TYPE, MESSAGE_ID, TOPIC, from_headers
+from outbox.envelope import CONTENT_TYPE, MESSAGE_ID, TOPIC, Malformed, from_headers, native_text
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.rabbitmq_url import (
@@ -148,46 +148,77 @@ class DelayBand:
 # -- deliveries --------------------------------------------------------------------------
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()  # UnicodeDecodeError is a ValueError: malformed
-    return value if isinstance(value, str) else str(value)
+# Beyond any real count: keeps a hostile `outboxkit-attempt` within an integer column.
+MAX_ATTEMPT = 1_000_000
 
 
-def sender_headers(raw: Mapping[str, Any]) -> dict[str, Any]:
+def sender_headers(raw: Mapping[Any, Any]) -> dict[Any, Any]:
     """`raw` without the headers RabbitMQ or the delay queues added."""
-    return {
-        k: v
-        for k, v in raw.items()
-        if k not in BROKER_HEADERS and not k.startswith(BROKER_HEADER_PREFIXES)
-    }
+    return {k: v for k, v in raw.items() if not _added_by_broker(k)}
 
 
-def attempt_of(incoming: AbstractIncomingMessage) -> int:
+def _added_by_broker(name: object) -> bool:
+    # A name that is not text (AMQP bytes) is the sender's: checked like its other headers.
+    return isinstance(name, str) and (
+        name in BROKER_HEADERS or name.startswith(BROKER_HEADER_PREFIXES)
+    )
+
+
+def attempt_from(headers: Mapping[Any, Any] | None, redelivered: bool | None) -> int:
     """1-based: our republish count plus the broker's own redeliveries."""
-    raw = incoming.headers or {}
+    raw = headers or {}
     try:
-        attempt = max(1, int(_text(raw.get(ATTEMPT, 1))))
+        attempt = max(1, int(native_text(raw.get(ATTEMPT, 1))))
     except ValueError:
         attempt = 1
     count = raw.get("x-delivery-count")
     if isinstance(count, int) and not isinstance(count, bool):
-        return attempt + max(0, count)
-    return attempt + (1 if incoming.redelivered else 0)
+        attempt += max(0, count)
+    else:
+        attempt += 1 if redelivered else 0
+    return min(attempt, MAX_ATTEMPT)
 
 
-def decode_message(incoming: AbstractIncomingMessage) -> Message:
-    """The message a publisher sent; `InvalidMessage` if the envelope is broken."""
-    try:
-        headers = {k: _text(v) for k, v in sender_headers(incoming.headers or {}).items()}
-    except ValueError as exc:
-        raise InvalidMessage(f"a header is not UTF-8 text: {exc}") from None
+def attempt_of(incoming: AbstractIncomingMessage) -> int:
+    """1-based: our republish count plus the broker's own redeliveries."""
+    return attempt_from(incoming.headers, incoming.redelivered)
+
+
+def decode_amqp(
+    headers: Mapping[Any, Any] | None,
+    body: bytes,
+    *,
+    routing_key: object = None,
+    message_id: object = None,
+    content_type: object = None,
+) -> Message | Malformed:
+    """The message a publisher sent, from an AMQP delivery's parts, or why it is broken.
+
+    Header names and values may be of any AMQP type (bytes that are not UTF-8, numbers,
+    tables): they are read as text (`native_text`) and checked like any other.
+    """
+    text = {native_text(k): native_text(v) for k, v in sender_headers(headers or {}).items()}
     # Foreign publishers: fall back on the AMQP properties and the routing key.
-    if MESSAGE_ID not in headers and incoming.message_id:
-        headers[MESSAGE_ID] = incoming.message_id
-    if CONTENT_TYPE not in headers and incoming.content_type:
-        headers[CONTENT_TYPE] = incoming.content_type
-    return from_headers(headers, incoming.body, topic=incoming.routing_key or None)
+    if MESSAGE_ID not in text and message_id:
+        text[MESSAGE_ID] = native_text(message_id)
+    if CONTENT_TYPE not in text and content_type:
+        text[CONTENT_TYPE] = native_text(content_type)
+    topic = native_text(routing_key) if routing_key else None
+    try:
+        return from_headers(text, body, topic=topic)
+    except InvalidMessage as exc:
+        return Malformed.of(exc, body)
+
+
+def decode_message(incoming: AbstractIncomingMessage) -> Message | Malformed:
+    """The message a publisher sent in `incoming`, or why it is broken."""
+    return decode_amqp(
+        incoming.headers,
+        incoming.body,
+        routing_key=incoming.routing_key,
+        message_id=incoming.message_id,
+        content_type=incoming.content_type,
+    )
 
 
 @dataclass(eq=False)
@@ -196,7 +227,7 @@ class RabbitMQDelivery:
 
     incoming: AbstractIncomingMessage
     message: Message | None
-    malformed: str | None
+    malformed: Malformed | None
     attempt: int
     consumer: RabbitMQConsumer = field(repr=False)
 
@@ -212,7 +243,13 @@ class RabbitMQDelivery:
             )
 
     async def nak(self, delay: float) -> None:
-        """Redeliver after `delay` seconds (through a delay queue, see the module docstring)."""
+        """Redeliver after `delay` seconds (through a delay queue, see the module docstring).
+
+        A malformed delivery is requeued at once instead: its headers are not ours to copy.
+        """
+        if self.message is None:
+            await self.consumer.requeue(self)
+            return
         await self.consumer.redeliver(self, delay)
 
 
@@ -392,12 +429,11 @@ class RabbitMQConsumer:
 
     def _decode(self, incoming: AbstractIncomingMessage) -> RabbitMQDelivery:
         attempt = attempt_of(incoming)
-        try:
-            message = decode_message(incoming)
-        except InvalidMessage as exc:
-            reason = f"{exc} ({describe_delivery(incoming)}, queue {self.queue_name})"
-            return RabbitMQDelivery(incoming, None, reason, attempt, self)
-        return RabbitMQDelivery(incoming, message, None, attempt, self)
+        found = decode_message(incoming)
+        if isinstance(found, Malformed):
+            where = f"({describe_delivery(incoming)}, queue {self.queue_name})"
+            return RabbitMQDelivery(incoming, None, found.at(where), attempt, self)
+        return RabbitMQDelivery(incoming, found, None, attempt, self)
 
     # -- redelivery with a delay -----------------------------------------------------------
 
@@ -432,6 +468,17 @@ class RabbitMQConsumer:
                 )
             return
         await delivery.ack()
+
+    async def requeue(self, delivery: RabbitMQDelivery) -> None:
+        """Put the delivery back in its queue at once (basic.nack with requeue)."""
+        try:
+            await delivery.incoming.nack(requeue=True)
+        except (*_AMQP_ERRORS, aio_pika.exceptions.MessageProcessError) as exc:
+            _log.warning(
+                "could not requeue a RabbitMQ message from %s (%s); RabbitMQ will redeliver it",
+                self.queue_name,
+                describe(exc, self.options),
+            )
 
     async def _republish(self, delivery: RabbitMQDelivery, delay: float) -> None:
         incoming = delivery.incoming

@@ -63,10 +63,10 @@ from redis.backoff import NoBackoff
 
 from inbox.consumers.base import Delivery, Subscription
 from outbox import redis_url
-from outbox.envelope import from_headers
+from outbox.envelope import Malformed, from_headers, native_text, salvage
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
-from outbox.redis_url import RedisOptions
+from outbox.redis_url import PAYLOAD_FIELD, RedisOptions
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +97,35 @@ def _matcher(patterns: Iterable[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL)
 
 
+def decode_entry(fields: Mapping[Any, Any], *, topic: str | None = None) -> Message | Malformed:
+    """The message a publisher sent in a stream entry's fields (bytes as Redis gives them),
+    or why it is broken (see `outbox.redis_url` for the layout).
+
+    Names and values that are not UTF-8 are refused by `from_headers`, which names them;
+    a missing payload field leaves the rest of the envelope to identify the entry.
+    """
+    payload: bytes | None = None
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        name = native_text(raw_name)
+        if name == PAYLOAD_FIELD:
+            payload = _as_bytes(raw_value)
+        else:
+            headers.setdefault(name, native_text(raw_value))
+    if payload is None:
+        return salvage(headers, b"", f"no {PAYLOAD_FIELD} field", topic=topic)
+    try:
+        return from_headers(headers, payload, topic=topic)
+    except InvalidMessage as exc:
+        return Malformed.of(exc, payload)
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return native_text(value).encode("utf-8", "surrogatepass")  # decoded by the client
+
+
 @dataclass(eq=False)
 class RedisDelivery:
     """A stream entry and its decoded envelope."""
@@ -104,7 +133,7 @@ class RedisDelivery:
     consumer: RedisConsumer
     entry: Entry
     message: Message | None
-    malformed: str | None
+    malformed: Malformed | None
     attempt: int
 
     async def ack(self) -> None:
@@ -405,15 +434,13 @@ class RedisConsumer:
             await self._client_or_fail().xack(stream, self.group, *unwanted)
         return found
 
-    def _decode(self, entry: Entry, fields: Mapping[bytes, bytes], attempt: int) -> RedisDelivery:
+    def _decode(self, entry: Entry, fields: Mapping[Any, Any], attempt: int) -> RedisDelivery:
         topic = entry[0][len(self.options.prefix) :] if self.options.per_topic else None
-        try:
-            headers, payload = redis_url.from_fields(fields)
-            message = from_headers(headers, payload, topic=topic)
-        except (InvalidMessage, ValueError) as exc:
-            reason = f"{exc} (Redis stream {entry[0]}, entry {entry[1]})"
-            return RedisDelivery(self, entry, None, reason, attempt)
-        return RedisDelivery(self, entry, message, None, attempt)
+        found = decode_entry(fields, topic=topic)
+        if isinstance(found, Malformed):
+            where = f"(Redis stream {entry[0]}, entry {entry[1]})"
+            return RedisDelivery(self, entry, None, found.at(where), attempt)
+        return RedisDelivery(self, entry, found, None, attempt)
 
     def _fetch_failed(self, exc: BaseException) -> None:
         if isinstance(exc, rex.ResponseError) and str(exc).startswith("NOGROUP"):

@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -56,6 +57,7 @@ from aiobotocore.session import get_session
 
 from inbox.consumers.base import Delivery, Subscription
 from outbox import sqs_url
+from outbox.envelope import Malformed, MalformedEnvelope, native_text, salvage
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.sqs_url import BATCH_ENTRIES, MAX_VISIBILITY, SqsOptions
@@ -84,6 +86,36 @@ def wanted(patterns: Sequence[str], topic: str) -> bool:
     return any(_topic_pattern(p).fullmatch(topic) for p in patterns)
 
 
+def decode_sqs(raw: Mapping[str, Any]) -> Message | Malformed:
+    """The message a publisher sent in a received SQS message (as ReceiveMessage returns
+    it: `Body`, `MessageAttributes`), or why it is broken."""
+    body = raw.get("Body")
+    body = body if isinstance(body, str) else ""
+    attribute = sqs_url.attribute_value(raw.get("MessageAttributes"))
+    try:
+        return sqs_url.decode(body, attribute)
+    except InvalidMessage as exc:
+        if isinstance(exc, MalformedEnvelope):
+            return exc.malformed
+        return _salvage(str(exc), body, attribute)
+    except (ValueError, RecursionError) as exc:  # e.g. JSON nested too deep, a lone surrogate
+        return _salvage(f"unreadable {sqs_url.ATTRIBUTE!r} envelope ({type(exc).__name__})", body)
+
+
+def _salvage(reason: str, body: str, attribute: str | None = None) -> Malformed:
+    """What an envelope `sqs_url.decode` could not read still tells (its id, if any)."""
+    payload = body.encode("utf-8", "surrogatepass")
+    envelope: Any = None
+    if attribute is not None:
+        with contextlib.suppress(ValueError, RecursionError):
+            envelope = json.loads(attribute)
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    if not isinstance(headers, Mapping):
+        return Malformed(reason, payload)
+    text = {native_text(k): native_text(v) for k, v in headers.items()}
+    return salvage(text, payload, reason)
+
+
 # -- deliveries ----------------------------------------------------------------------------
 
 
@@ -95,7 +127,7 @@ class SqsDelivery:
     queue_url: str
     receipt: str = field(repr=False)
     message: Message | None
-    malformed: str | None
+    malformed: Malformed | None
     attempt: int
     visible_until: float = 0.0  # monotonic time at which SQS may hand it out again
     settled: bool = False
@@ -364,21 +396,16 @@ class SqsConsumer:
         return deliveries
 
     def _delivery(self, url: str, raw: dict[str, Any], visible_until: float) -> SqsDelivery:
-        body = raw.get("Body") or ""
-        attribute = sqs_url.attribute_value(raw.get("MessageAttributes"))
-        message: Message | None = None
-        malformed: str | None = None
-        try:
-            message = sqs_url.decode(body, attribute)
-        except InvalidMessage as exc:
-            malformed = (
-                f"{exc} (SQS message {raw.get('MessageId')} in {sqs_url.queue_name_of(url)})"
-            )
+        found = decode_sqs(raw)
+        malformed = None
+        if isinstance(found, Malformed):
+            where = f"(SQS message {raw.get('MessageId')} in {sqs_url.queue_name_of(url)})"
+            malformed = found.at(where)
         delivery = SqsDelivery(
             consumer=self,
             queue_url=url,
             receipt=str(raw["ReceiptHandle"]),
-            message=message,
+            message=None if isinstance(found, Malformed) else found,
             malformed=malformed,
             attempt=_attempt(raw),
             visible_until=visible_until,

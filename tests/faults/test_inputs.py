@@ -219,16 +219,22 @@ async def test_14_refused_writes_unknown_topics_malformed_messages(
         verdict,
         faults=f"{len(refused)} refused writes in a committed business transaction "
         f"({', '.join(sorted(set(refused)))}); 1 topic without handler (inbox dead letter); "
-        "2 malformed envelopes (dropped, logged)",
+        "2 malformed envelopes (one with an id: inbox dead letter; one without: dropped, "
+        "logged)",
         recovery=recovery,
     )
     assert verdict.ok, verdict.problems
     assert verdict.committed == committed
     assert sorted(set(refused)) == ["InvalidTopic", "PayloadNotSerializable", "PayloadTooLarge"]
-    assert [(m, t) for m, t, _, _ in inbox_dead] == [(str(unhandled), "unhandled.topic")]
-    assert "NoHandler" in inbox_dead[0][3], inbox_dead
-    assert inbox_dead[0][2] == 1  # dead-lettered at once: no retry can find a handler
-    assert log.count("dropping a malformed delivery") == 2, log[-3000:]
+    dead = {m: (t, attempts, error) for m, t, attempts, error in inbox_dead}
+    assert set(dead) == {str(unhandled), str(bad_created)}, inbox_dead
+    topic, attempts, error = dead[str(unhandled)]
+    assert topic == "unhandled.topic" and "NoHandler" in error, inbox_dead
+    assert attempts == 1  # dead-lettered at once: no retry can find a handler
+    topic, attempts, error = dead[str(bad_created)]  # its topic is the subject's
+    assert (topic, attempts) == ("faults.event", 0) and "created-at" in error, inbox_dead
+    assert log.count("dropping a malformed delivery") == 1, log[-3000:]
+    assert log.count("malformed delivery") == 2, log[-3000:]
     assert consumer.alive
 
 

@@ -6,7 +6,6 @@ whose key the inbox table refuses. Real PostgreSQL, real nats-server.
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import psycopg
@@ -15,7 +14,6 @@ import pytest
 import outbox
 from inbox import Inbox, Mode
 from inbox.slots import Slot
-from outbox.envelope import CONTENT_TYPE, KEY, MESSAGE_ID, TOPIC
 from outbox.limits import MAX_ERROR_BYTES, text_problem, utf8_length
 from outbox.message import Message
 from outboxkit.devservers import NatsServer
@@ -23,7 +21,7 @@ from tests.integration.brokers import unique_stream
 from tests.integration.test_consumer_nats import DEAD, Broker, counted, one_row, running
 from tests.integration.test_consumer_nats import settings as nats_settings
 from tests.integration.test_inbox_durable import settings as durable_settings
-from tests.support.jetstream import publish, publish_raw
+from tests.support.jetstream import publish
 
 HOSTILE = "bad\x00 \udcff\n" + "é" * 1_000_000  # NUL, a lone surrogate, 2 MB of UTF-8
 
@@ -98,19 +96,25 @@ async def test_durable_mode_stores_a_hostile_handler_error_cleanly(dsn: str, kin
     assert row_error == error
 
 
-async def test_a_key_the_inbox_table_refuses_fails_that_message_only(
+async def test_a_message_the_inbox_table_refuses_fails_that_message_only(
     broker: Broker, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Durable mode stores a fetched batch in one statement. A key of 1,024 incompressible
-    4-byte characters (4 KiB: over the CHECK, and over PostgreSQL's btree entry limit
-    without it) failed that statement for the whole batch: ProgramLimitExceeded, taken for a
-    lost connection, redelivered every second forever with the valid messages in it. Now
-    the others are stored on their own and handled; the refused one goes back to the broker
-    with backoff, and when its attempts are spent and its dead letter is refused too, it
-    stays there (redelivered with backoff) rather than be lost."""
+    """Durable mode stores a fetched batch in one statement. One row the table refused (on
+    main before the fix: a 4 KiB key over PostgreSQL's btree entry limit, ProgramLimitExceeded
+    taken for a lost connection) failed the whole batch, redelivered every second forever
+    with the valid messages in it. Over-long keys are now malformed envelopes, dead-lettered
+    before any store (see the conformance corpus); a table can still refuse a row for its
+    own reasons, here a CHECK the test adds. The others are stored on their own and
+    handled; the refused one goes back to the broker with backoff, and when its attempts are
+    spent and its dead letter is refused too, it stays there (redelivered with backoff)
+    rather than be lost."""
     caplog.set_level(logging.WARNING, logger="outboxkit.inbox")
-    pick = random.Random(7)
-    long_key = "".join(chr(pick.randrange(0x20000, 0x2A6D0)) for _ in range(1024))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for table in ("inbox_messages", "inbox_dead_letters"):
+            await conn.execute(
+                f"ALTER TABLE outboxkit.{table} ADD CONSTRAINT refused_by_the_table"
+                " CHECK (key IS DISTINCT FROM 'refused')"
+            )
     ib = Inbox(consumer="billing")
     handled: list[Message] = []
 
@@ -119,16 +123,8 @@ async def test_a_key_the_inbox_table_refuses_fails_that_message_only(
         handled.append(message)
 
     valid = [outbox.message("orders.created", {"n": n}) for n in range(3)]
-    await publish(broker.publisher_url, valid[:1])  # creates the stream
-    bad_id = outbox.message("orders.created", {}).message_id
-    envelope = {
-        MESSAGE_ID: str(bad_id),
-        TOPIC: "orders.created",
-        KEY: long_key,
-        CONTENT_TYPE: "application/json",
-    }
-    await publish_raw(broker.server_url, broker.prefix + "orders.created", b"{}", envelope)
-    await publish(broker.publisher_url, valid[1:])
+    refused = outbox.message("orders.created", {}, key="refused")
+    await publish(broker.publisher_url, [valid[0], refused, *valid[1:]])
     config = nats_settings(
         dsn, broker.consumer_url(), mode=Mode.DURABLE, concurrency=1, max_attempts=2
     )
@@ -145,6 +141,8 @@ async def test_a_key_the_inbox_table_refuses_fails_that_message_only(
         await run.until(bury_refused)
         assert not run.task.done()
     (stored,) = await one_row(
-        dsn, "SELECT count(*) FROM outboxkit.inbox_messages WHERE message_id = %s", bad_id
+        dsn,
+        "SELECT count(*) FROM outboxkit.inbox_messages WHERE message_id = %s",
+        refused.message_id,
     )
     assert stored == 0

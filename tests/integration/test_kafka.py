@@ -25,6 +25,7 @@ from inbox.consumers import Subscription
 from inbox.consumers.kafka import KafkaConsumer, KafkaDelivery, subscription_topics
 from inbox.consumers.kafka import create as create_consumer
 from inbox.consumers.kafka import parse_url as parse_consumer_url
+from outbox.envelope import MESSAGE_ID, TOPIC
 from outbox.errors import BrokerUnavailable, ConfigurationError
 from outbox.kafka_url import parse_url, sanitize, topic_regex
 from outbox.message import Message
@@ -343,10 +344,12 @@ async def test_nak_rewinds_the_partition_after_the_delay(tansu: TansuServer) -> 
 async def test_malformed_records_are_delivered_as_malformed(tansu: TansuServer) -> None:
     prefix = fresh_prefix()
     url = url_for(tansu, prefix)
+    bad_id = uuid.uuid4()
 
     def produce_raw() -> None:
         producer = Producer({"bootstrap.servers": tansu.bootstrap})
-        producer.produce(prefix + "orders.raw", value=b"{}", headers=[("x", b"\xff")])
+        envelope = [(MESSAGE_ID, str(bad_id).encode()), (TOPIC, b"orders.raw")]
+        producer.produce(prefix + "orders.raw", value=b"{}", headers=[*envelope, ("x", b"\xff")])
         producer.produce(prefix + "orders.raw", value=b"{}")
         assert producer.flush(10) == 0
 
@@ -356,8 +359,9 @@ async def test_malformed_records_are_delivered_as_malformed(tansu: TansuServer) 
         for delivery in got:
             await delivery.ack()
     assert all(d.message is None for d in got)
-    reasons = sorted(d.malformed or "" for d in got)
+    reasons = sorted(str(d.malformed) for d in got)
     assert "not UTF-8" in reasons[0] and "outboxkit-message-id" in reasons[1]
+    assert {d.malformed.message_id for d in got if d.malformed} == {bad_id, None}
 
 
 @pytest.fixture

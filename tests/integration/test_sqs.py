@@ -239,7 +239,8 @@ WIRE_CASES = [
 
 @pytest.mark.parametrize("payload", WIRE_CASES)
 def test_wire_format_round_trip(payload: bytes) -> None:
-    headers = {f"x-h{i}": f"v{i}" for i in range(15)} | {"Odd Name:é": "line\nvalue\x00"}
+    # (No NUL in a header value: the write path refuses it, and so does the consumer.)
+    headers = {f"x-h{i}": f"v{i}" for i in range(15)} | {"Odd Name:é": "line\nvalue\t"}
     message = Message(
         message_id=outbox.uuid7(),
         topic="orders.created",
@@ -589,7 +590,7 @@ async def test_unwanted_topics_are_deleted_and_broken_ones_are_malformed(
         await publisher.close()
     assert [d.message.message_id for d in got if d.message] == [wanted.message_id]
     (broken,) = [d for d in got if d.message is None]
-    assert broken.malformed and "outboxkit" in broken.malformed
+    assert broken.malformed and "outboxkit" in str(broken.malformed)
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
 
 

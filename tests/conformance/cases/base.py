@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -23,6 +23,14 @@ class BrokerServer(Protocol):
         """Start it again on the same address."""
 
 
+class RawSender(Protocol):
+    """The broker's own client, bypassing our publisher and its checks."""
+
+    async def send(self, fields: Mapping[str, str | bytes], payload: bytes) -> None:
+        """Send one message on the destination of `tests.support.malformed.RAW_TOPIC`, its
+        envelope fields as the broker carries headers (bytes: sent as they are)."""
+
+
 @dataclass(frozen=True)
 class BrokerCase:
     """One broker under test.
@@ -32,13 +40,18 @@ class BrokerCase:
       nothing listens on, for the credentials test.
     - `keeps_messages_across_restart`: False for in-memory servers; the outage test then only
       checks what was published after the restart.
-    - `missing`: why the server cannot run here, or None.
+    - `raw`: a `RawSender` for a URL (None: the malformed-envelope corpus skips this broker);
+      `raw_text_only`: its client sends only UTF-8 text; `raw_cannot`: what of the corpus
+      its framing cannot carry (`tests.support.malformed.Bad.needs`).
     """
 
     name: str
     server: Callable[[], AbstractContextManager[BrokerServer]]
     unreachable_url: str
     keeps_messages_across_restart: bool = True
+    raw: Callable[[str], AbstractAsyncContextManager[RawSender]] | None = None
+    raw_text_only: bool = False
+    raw_cannot: frozenset[str] = frozenset()
 
 
 ServerFactory = Callable[[], Iterator[BrokerServer]]

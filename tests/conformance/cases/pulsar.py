@@ -8,12 +8,17 @@ served through one Pulsar topic per URL (`topic=`), the consumer filtering on th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 
+import pulsar
+
+from outbox.pulsar_url import parse_url
 from outboxkit.devservers.pulsar import PulsarLiteServer
-from tests.conformance.cases.base import BrokerCase
+from tests.conformance.cases.base import BrokerCase, RawSender
+from tests.support.malformed import RAW_TOPIC, as_text
 
 
 class Server:
@@ -41,8 +46,31 @@ def server() -> Iterator[Server]:
         running.pulsar.cleanup()
 
 
+class Raw:
+    def __init__(self, producer: pulsar.Producer) -> None:
+        self.producer = producer
+
+    async def send(self, fields: Mapping[str, str | bytes], payload: bytes) -> None:
+        await asyncio.to_thread(self.producer.send, payload, properties=as_text(fields))
+
+
+@contextlib.asynccontextmanager
+async def raw(url: str) -> AsyncIterator[RawSender]:
+    options = parse_url(url)
+    client = pulsar.Client(options.service_url)
+    try:
+        producer = await asyncio.to_thread(
+            client.create_producer, options.pulsar_topic(RAW_TOPIC), batching_enabled=False
+        )
+        yield Raw(producer)
+    finally:
+        await asyncio.to_thread(client.close)
+
+
 CASE = BrokerCase(
     name="pulsar",
     server=server,
     unreachable_url="pulsar://u:s3cr3t-pw@127.0.0.1:9?timeout=2&connect_timeout=1",
+    raw=raw,
+    raw_text_only=True,  # properties are UTF-8 strings
 )

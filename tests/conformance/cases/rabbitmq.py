@@ -14,12 +14,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import aio_pika
+from aio_pika.abc import AbstractExchange
 
+from outbox.rabbitmq_url import parse_url
 from outboxkit.devservers.rabbitmq import MAX_MESSAGE_BYTES, RabbitMQServer
-from tests.conformance.cases.base import BrokerCase
+from relay.brokers.rabbitmq import open_connection
+from tests.conformance.cases.base import BrokerCase, RawSender
+from tests.support.malformed import RAW_TOPIC
 
 
 async def declare_bound_queue(url: str, exchange: str, queue: str) -> None:
@@ -69,8 +73,33 @@ def server() -> Iterator[Server]:
         running.rabbitmq.cleanup()
 
 
+class Raw:
+    def __init__(self, exchange: AbstractExchange) -> None:
+        self.exchange = exchange
+
+    async def send(self, fields: Mapping[str, str | bytes], payload: bytes) -> None:
+        # Bytes go as an AMQP byte array (pamqp encodes bytearray), text as a long string.
+        headers = {k: bytearray(v) if isinstance(v, bytes) else v for k, v in fields.items()}
+        message = aio_pika.Message(payload, headers=headers)
+        await self.exchange.publish(message, routing_key=RAW_TOPIC)
+
+
+@contextlib.asynccontextmanager
+async def raw(url: str) -> AsyncIterator[RawSender]:
+    options = parse_url(url)
+    connection = await open_connection(options, "conformance-raw")
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        yield Raw(await channel.get_exchange(options.exchange))
+    finally:
+        await connection.close()
+
+
 CASE = BrokerCase(
     name="rabbitmq",
     server=server,
     unreachable_url="amqp://u:s3cr3t-pw@127.0.0.1:9/?timeout=1&connect_timeout=1",
+    raw=raw,
+    # A table's field names are short strings; aiormq gives every message an AMQP id.
+    raw_cannot=frozenset({"long names", "no native id"}),
 )

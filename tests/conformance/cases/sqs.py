@@ -8,11 +8,17 @@ suite again against FIFO queues.
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
+from aiobotocore.session import get_session
+
+from outbox.sqs_url import ATTRIBUTE, parse_url
 from outboxkit.devservers.sqs import SqsServer
-from tests.conformance.cases.base import BrokerCase
+from tests.conformance.cases.base import BrokerCase, RawSender
+from tests.support.malformed import as_text
 
 
 class Server:
@@ -41,9 +47,35 @@ def server() -> Iterator[Server]:
         running.sqs.cleanup()
 
 
+class Raw:
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self.client, self.queue_url = client, queue_url
+
+    async def send(self, fields: Mapping[str, str | bytes], payload: bytes) -> None:
+        # The envelope attribute is JSON: bytes that are not UTF-8 travel as escaped lone
+        # surrogates, NUL as \u0000 (SQS itself refuses both in attribute text).
+        envelope = {"v": 1, "body": "text", "headers": as_text(fields)}
+        await self.client.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=payload.decode(),
+            MessageAttributes={
+                ATTRIBUTE: {"DataType": "String", "StringValue": json.dumps(envelope)}
+            },
+        )
+
+
+@contextlib.asynccontextmanager
+async def raw(url: str) -> AsyncIterator[RawSender]:
+    options = parse_url(url)
+    async with get_session().create_client("sqs", **options.client_kwargs()) as client:
+        queue_url = (await client.get_queue_url(QueueName=options.queue))["QueueUrl"]
+        yield Raw(client, queue_url)
+
+
 CASE = BrokerCase(
     name="sqs",
     server=server,
     unreachable_url="sqs://u:s3cr3t-pw@127.0.0.1:9?region=us-east-1&tls=false&timeout=1",
     keeps_messages_across_restart=False,
+    raw=raw,
 )
