@@ -13,10 +13,12 @@ from urllib.parse import unquote
 import pytest
 
 import outbox
+from inbox.consumers import Subscription, create_consumer
 from inbox.settings import ConsumerSettings
 from outbox import db
 from outbox.redact import HARMLESS_OPTIONS, UNPARSEABLE, redact_dsn, redact_message, redact_text
 from outboxkit.cli import main
+from relay.brokers import create_publisher
 from relay.brokers import postgres as postgres_publisher
 from relay.settings import RelaySettings
 from tests.support.secrets import SECRET, broker_urls, postgres_dsns
@@ -164,3 +166,11 @@ def test_free_text_is_redacted() -> None:
     assert (
         redact_text(text) == "down: cannot reach http://u:***@h/in?code=***: refused; password=***"
     )
+
+
+@pytest.mark.parametrize("url", [f"nats://u:{SECRET}@[::1", f"amqp://{SECRET}@[h/vh"])
+def test_choosing_a_broker_by_scheme_refuses_what_urlsplit_cannot_read(url: str) -> None:
+    for create in (create_publisher, lambda u: create_consumer(u, Subscription("c", ["*"]))):
+        with pytest.raises(outbox.ConfigurationError) as caught:
+            create(url)
+        assert SECRET not in str(caught.value)
