@@ -125,6 +125,8 @@ UNREACHABLE = {
     "pulsar-token": f"pulsar://:{PASSWORD}@127.0.0.1:1?connect_timeout=1&timeout=1",
     "http": f"http://app:{PASSWORD}@127.0.0.1:1/hook?{QUERY}&outboxkit_connect_timeout=1",
     "postgresql": f"postgresql://app:{PASSWORD}@127.0.0.1:1/x?consumer=c&timeout=1",
+    # libpq reads the host `S3cr3t…@127.0.0.1` and quotes it
+    "postgresql-misread": f"postgresql://app:pa@{SECRET}@127.0.0.1:1/x?consumer=c&timeout=1",
 }
 
 
@@ -141,7 +143,7 @@ async def test_relay_start_up_against_an_unreachable_broker(
     assert SECRET not in caplog.text
 
 
-CONSUMED = {k: v for k, v in UNREACHABLE.items() if k not in ("http", "postgresql")}
+CONSUMED = {k: v for k, v in UNREACHABLE.items() if k != "http" and "postgresql" not in k}
 
 
 @pytest.mark.parametrize("broker", CONSUMED.values(), ids=CONSUMED)
