@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from outbox.errors import ConfigurationError
 from outbox.identifiers import check_schema_name
@@ -34,8 +34,9 @@ class ConsumerSettings:
     - `prune_interval`: seconds between automatic prunes (0: never prune automatically).
     """
 
-    dsn: str
-    broker_url: str
+    # Both may hold a password: repr() leaves them out (show them with outbox.redact).
+    dsn: str = field(repr=False)
+    broker_url: str = field(repr=False)
     schema: str = "outboxkit"
     mode: Mode = Mode.IDEMPOTENT
     concurrency: int = 4

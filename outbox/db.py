@@ -10,7 +10,7 @@ import psycopg
 
 from outbox.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
 from outbox.limits import clean_text
-from outbox.redact import redact_dsn
+from outbox.redact import redact_dsn, redact_message
 
 CONNECT_TIMEOUT = 10
 
@@ -18,14 +18,14 @@ CONNECT_TIMEOUT = 10
 def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     """A one-line `DatabaseUnavailable` for a failed connection to `dsn`."""
     lines = str(exc).strip().splitlines()
-    return DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {lines[0] if lines else ''}")
+    reason = redact_message(lines[0], dsn) if lines else ""
+    return DatabaseUnavailable(f"cannot connect to {redact_dsn(dsn)}: {reason}")
 
 
 def invalid_dsn(dsn: str, exc: BaseException) -> ConfigurationError:
-    """A one-line `ConfigurationError` for a DSN libpq cannot parse (its message may quote
-    the DSN, password included: that echo is redacted)."""
-    message = " ".join(str(exc).replace(dsn, redact_dsn(dsn)).split())
-    return ConfigurationError(f"invalid DSN {redact_dsn(dsn)}: {message}")
+    """A one-line `ConfigurationError` for a DSN libpq cannot parse (its message quotes
+    pieces of the DSN, perhaps of the password: those are masked)."""
+    return ConfigurationError(f"invalid DSN {redact_dsn(dsn)}: {redact_message(str(exc), dsn)}")
 
 
 def connect(dsn: str, **options: Any) -> psycopg.Connection[Any]:

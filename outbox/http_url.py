@@ -58,7 +58,8 @@ from outbox.envelope import CONTENT_TYPE, KEY, RESERVED, TOPIC, from_headers, to
 from outbox.errors import ConfigurationError, InvalidMessage
 from outbox.http_signature import DEFAULT_VERSIONS, VERSIONS
 from outbox.message import Message
-from outbox.redact import redact_dsn
+from outbox.redact import HARMLESS_OPTIONS, redact_dsn
+from outbox.url_options import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
 
 OPTION_PREFIX = "outboxkit_"
 HEADER_PREFIX = "outboxkit-header-"
@@ -87,9 +88,9 @@ class HttpOptions:
     origin: str  # scheme://host:port as written, without user info
     path_prefix: str  # the raw path up to `{topic}` (or the whole path)
     path_suffix: str | None  # the raw path after `{topic}`; None: no `{topic}` in the path
-    query: str  # the endpoint's own query string, raw
+    query: str = field(repr=False)  # the endpoint's own query string, raw (may hold a key)
     display: str  # the URL for messages and logs: no password
-    user: str | None = None
+    user: str | None = field(default=None, repr=False)  # alone, it may be a token
     password: str | None = field(default=None, repr=False)
     # publisher and consumer
     timeout: float = 10.0
@@ -161,10 +162,16 @@ class HttpOptions:
         return [secret.encode() for secret in found]
 
     def scrub(self, error: object) -> str:
-        """`error` as text with the URL's password masked."""
+        """`error` as text with the URL's password and query keys (`code=`…) masked."""
         text = str(error) or type(error).__name__
         if self.password:
             text = text.replace(self.password, "***")
+        for item in filter(None, self.query.split("&")):
+            name, _, raw = item.partition("=")
+            # A value of a few characters would mask half the text and protect nothing.
+            if unquote(name) not in HARMLESS_OPTIONS and len(raw) >= 4:
+                for form in {raw, unquote(raw.replace("+", " "))}:
+                    text = text.replace(form, "***")
         return text
 
 
@@ -185,7 +192,7 @@ def _bool(raw: str) -> bool:
 
 
 def _positive(raw: str) -> float:
-    value = float(raw)
+    value = finite_float(raw)
     if not value > 0:
         raise ValueError(f"expected a number > 0, got {raw!r}")
     return value
@@ -250,11 +257,13 @@ OPTIONS: dict[str, Converter] = {
 def parse_url(url: str) -> HttpOptions:
     """`HttpOptions` from an `http[s]://` URL; `ConfigurationError` for anything malformed."""
     shown = redact_dsn(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid HTTP URL {shown}: {STRAY_AT}")
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid HTTP URL {shown}: {exc}") from None
+    except ValueError:
+        raise ConfigurationError(f"invalid HTTP URL {shown}: {NETLOC_PROBLEM}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not host:
         raise ConfigurationError(f"expected http[s]://host[:port]/path, got {shown}")
@@ -277,7 +286,7 @@ def parse_url(url: str) -> HttpOptions:
             option = name[len(OPTION_PREFIX) :]
             if option not in OPTIONS:
                 known = ", ".join(OPTION_PREFIX + o for o in sorted(OPTIONS))
-                raise ValueError(f"unknown option {name!r}; known: {known}")
+                raise ValueError(f"unknown option {shown_name(name)}; known: {known}")
             fields[option] = OPTIONS[option](unquote(raw_value.replace("+", " ")))
     except ValueError as exc:
         raise ConfigurationError(f"invalid option in {shown}: {exc}") from None

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote
 
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
+from outbox.url_options import STRAY_AT, finite_float, shown_name, stray_at
 
 DEFAULT_PORT = 9092
 MAX_TOPIC_LENGTH = 249  # Kafka's limit on a topic name
@@ -38,8 +39,8 @@ class KafkaOptions:
 
     servers: str  # librdkafka's bootstrap.servers: host:port[,host:port...]
     display: str
-    user: str | None = None
-    password: str | None = None
+    user: str | None = field(default=None, repr=False)  # alone, it may be a token
+    password: str | None = field(default=None, repr=False)
     # topics
     topic_prefix: str = ""
     topic: str | None = None  # one Kafka topic for every message
@@ -105,6 +106,8 @@ def parse_url(url: str, *, ignored: frozenset[str] = frozenset()) -> KafkaOption
     Options named in `ignored` are accepted and left at their defaults.
     """
     shown = display(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid Kafka URL {shown}: {STRAY_AT}")
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "kafka" or not sep:
         raise ConfigurationError(f"expected kafka://host[:port], got {shown}")
@@ -157,14 +160,14 @@ def _server(host: str) -> str:
 def _port(raw: str) -> int:
     if not raw:
         return DEFAULT_PORT
-    port = int(raw)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range: {raw}")
-    return port
+    # The port may be a piece of a password with an unencoded `/`, `?` or `#`: not quoted.
+    if not (len(raw) <= 5 and raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536):
+        raise ValueError("the port must be a number from 1 to 65535")
+    return int(raw)
 
 
 def _unknown(name: str, converters: Mapping[str, Converter]) -> NoReturn:
-    raise ValueError(f"unknown option {name!r}; known: {', '.join(sorted(converters))}")
+    raise ValueError(f"unknown option {shown_name(name)}; known: {', '.join(sorted(converters))}")
 
 
 def ms(seconds: float) -> int:
@@ -172,7 +175,7 @@ def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _positive(kind: type[int] | type[float]) -> Converter:
+def _positive(kind: type[int] | Callable[[str], float]) -> Converter:
     def convert(raw: str) -> object:
         value = kind(raw)
         if value <= 0:
@@ -183,7 +186,7 @@ def _positive(kind: type[int] | type[float]) -> Converter:
 
 
 def _non_negative(raw: str) -> float:
-    value = float(raw)
+    value = finite_float(raw)
     if value < 0:
         raise ValueError(f"expected a number >= 0, got {raw!r}")
     return value
@@ -208,13 +211,13 @@ OPTIONS: dict[str, Converter] = {
     "sasl_mechanism": _choice(SASL_MECHANISMS, upper=True),
     "ssl_ca_location": lambda raw: raw or None,
     "client_id": str,
-    "connect_timeout": _positive(float),
-    "timeout": _positive(float),
+    "connect_timeout": _positive(finite_float),
+    "timeout": _positive(finite_float),
     "max_message_bytes": _positive(int),
     "linger_ms": _non_negative,
-    "session_timeout": _positive(float),
-    "max_poll_interval": _positive(float),
-    "metadata_refresh": _positive(float),
+    "session_timeout": _positive(finite_float),
+    "max_poll_interval": _positive(finite_float),
+    "metadata_refresh": _positive(finite_float),
     "auto_offset_reset": _choice(OFFSET_RESETS),
 }
 

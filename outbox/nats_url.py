@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
+from outbox.url_options import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
 
 DEFAULT_PORT = 4222
 STORAGE_TYPES = ("file", "memory")
@@ -35,8 +36,8 @@ class NatsOptions:
     server: str
     display: str
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
     stream: str = "OUTBOXKIT"
     subject_prefix: str = "outboxkit."
     subjects: tuple[str, ...] = ()
@@ -71,11 +72,13 @@ def parse_url(
     """
     converters = {**COMMON_OPTIONS, **(extra or {})}
     shown = display(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid NATS URL {shown}: {STRAY_AT}")
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid NATS URL {shown}: {exc}") from None
+    except ValueError:
+        raise ConfigurationError(f"invalid NATS URL {shown}: {NETLOC_PROBLEM}") from None
     if parts.scheme != "nats" or not host:
         raise ConfigurationError(f"expected nats://host[:port], got {shown}")
     user = unquote(parts.username) if parts.username else None
@@ -107,7 +110,7 @@ def parse_url(
 
 
 def _unknown(name: str, converters: Mapping[str, Converter]) -> NoReturn:
-    raise ValueError(f"unknown option {name!r}; known: {', '.join(sorted(converters))}")
+    raise ValueError(f"unknown option {shown_name(name)}; known: {', '.join(sorted(converters))}")
 
 
 def to_bool(raw: str) -> bool:
@@ -117,8 +120,8 @@ def to_bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def non_negative(kind: type[int] | type[float]) -> Converter:
-    """A converter to `kind` refusing negative numbers."""
+def non_negative(kind: type[int] | Callable[[str], float]) -> Converter:
+    """A converter to `kind` (`int`, `finite_float`) refusing negative numbers."""
 
     def convert(raw: str) -> object:
         value = kind(raw)
@@ -140,24 +143,19 @@ COMMON_OPTIONS: dict[str, Converter] = {
     "subject_prefix": str,
     "subjects": lambda raw: tuple(s.strip() for s in raw.split(",") if s.strip()),
     "create_stream": to_bool,
-    "duplicate_window": non_negative(float),
-    "max_age": non_negative(float),
+    "duplicate_window": non_negative(finite_float),
+    "max_age": non_negative(finite_float),
     "replicas": non_negative(int),
     "storage": _storage,
-    "timeout": non_negative(float),
+    "timeout": non_negative(finite_float),
     "connect_timeout": non_negative(int),
     "reconnect_wait": non_negative(int),
 }
 
 
 def display(url: str) -> str:
-    """The URL for messages: no password, and no bare token either."""
-    shown = redact_dsn(url)
-    scheme, sep, rest = shown.partition("://")
-    userinfo, at, host = rest.partition("@")
-    if at and ":" not in userinfo and "/" not in userinfo:
-        return f"{scheme}{sep}***@{host}"
-    return shown
+    """The URL for messages: no password, and no bare token either (`redact_dsn`)."""
+    return redact_dsn(url)
 
 
 def scrub(error: object, options: NatsOptions) -> str:

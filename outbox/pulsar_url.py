@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote
 
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
+from outbox.url_options import STRAY_AT, finite_float, shown_name, stray_at
 
 SCHEMES = {"pulsar": 6650, "pulsar+ssl": 6651}
 # Pulsar's default maxMessageSize; the client refuses a message whose payload plus metadata
@@ -42,7 +43,7 @@ class PulsarOptions:
     service_url: str  # what the client connects to: scheme://host:port[,host:port...]
     display: str
     user: str | None = None
-    password: str | None = None  # with a user: basic auth; without: a token
+    password: str | None = field(default=None, repr=False)  # with a user: basic auth; else a token
     # topics
     tenant: str = "public"
     namespace: str = "default"
@@ -121,6 +122,8 @@ def parse_url(url: str, *, ignored: frozenset[str] = frozenset()) -> PulsarOptio
     Options named in `ignored` are accepted and left at their defaults.
     """
     shown = display(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid Pulsar URL {shown}: {STRAY_AT}")
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme not in SCHEMES or not sep:
@@ -193,17 +196,17 @@ def _server(host: str, default_port: int) -> str:
 def _port(raw: str, default: int) -> int:
     if not raw:
         return default
-    port = int(raw)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range: {raw}")
-    return port
+    # The port may be a piece of a password with an unencoded `/`, `?` or `#`: not quoted.
+    if not (len(raw) <= 5 and raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536):
+        raise ValueError("the port must be a number from 1 to 65535")
+    return int(raw)
 
 
 def _unknown(name: str) -> NoReturn:
-    raise ValueError(f"unknown option {name!r}; known: {', '.join(sorted(OPTIONS))}")
+    raise ValueError(f"unknown option {shown_name(name)}; known: {', '.join(sorted(OPTIONS))}")
 
 
-def _positive(kind: type[int] | type[float]) -> Converter:
+def _positive(kind: type[int] | Callable[[str], float]) -> Converter:
     def convert(raw: str) -> object:
         value = kind(raw)
         if value <= 0:
@@ -234,8 +237,8 @@ OPTIONS: dict[str, Converter] = {
     "namespace": str,
     "topic_prefix": str,
     "topic": lambda raw: raw or None,
-    "connect_timeout": _positive(float),
-    "timeout": _positive(float),
+    "connect_timeout": _positive(finite_float),
+    "timeout": _positive(finite_float),
     "tls_trust_certs": lambda raw: raw or None,
     "tls_allow_insecure": _bool,
     "tls_validate_hostname": _bool,
@@ -246,15 +249,7 @@ OPTIONS: dict[str, Converter] = {
 
 
 def display(url: str) -> str:
-    """The URL for messages: no password or token.
-
-    Userinfo without a colon is masked whole: it may be a token put where the user goes.
-    """
-    scheme, sep, rest = url.partition("://")
-    netloc = rest.split("?", 1)[0].split("/", 1)[0]
-    userinfo, at, _ = netloc.rpartition("@")
-    if sep and at and ":" not in userinfo:
-        url = f"{scheme}://***@{rest[len(userinfo) + 1 :]}"
+    """The URL for messages: no password or token, not even a bare one (`redact_dsn`)."""
     return redact_dsn(url)
 
 

@@ -13,16 +13,17 @@ documented in `relay.brokers.rabbitmq` and `inbox.consumers.rabbitmq`.
 
 from __future__ import annotations
 
-import math
 import re
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
+from outbox.url_options import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 DEFAULT_EXCHANGE = "outboxkit"
@@ -41,8 +42,8 @@ class AmqpOptions:
     tls: bool = False
     host: str = "127.0.0.1"
     port: int = 5672
-    user: str = "guest"
-    password: str = "guest"
+    user: str = field(default="guest", repr=False)  # `display` shows it with a password
+    password: str = field(default="guest", repr=False)
     vhost: str = "/"
     # TLS (amqps://): CA bundle, client certificate, and whether to verify the server.
     cafile: str | None = None
@@ -79,10 +80,10 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
+def _positive(kind: type[int] | Callable[[str], float]) -> Any:
     def convert(raw: str) -> object:
         value = kind(raw)
-        if not value > 0 or (isinstance(value, float) and math.isinf(value)):
+        if not value > 0:
             raise ValueError(f"expected a number > 0, got {raw!r}")
         return value
 
@@ -113,10 +114,10 @@ OPTIONS: dict[str, Any] = {
     "certfile": str,
     "keyfile": str,
     "verify": _bool,
-    "timeout": _positive(float),
-    "connect_timeout": _positive(float),
+    "timeout": _positive(finite_float),
+    "connect_timeout": _positive(finite_float),
     "heartbeat": _non_negative_int,
-    "reconnect_wait": _positive(float),
+    "reconnect_wait": _positive(finite_float),
     "exchange": _name,
     "declare": _bool,
     "max_message_bytes": _positive(int),
@@ -130,11 +131,13 @@ OPTIONS: dict[str, Any] = {
 def parse_url(url: str) -> AmqpOptions:
     """`AmqpOptions` from a broker URL; `ConfigurationError` for anything malformed."""
     shown = redact_dsn(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid AMQP URL {shown}: {STRAY_AT}")
     try:
         parts = urlsplit(url)
         scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid AMQP URL {shown}: {exc}") from None
+    except ValueError:
+        raise ConfigurationError(f"invalid AMQP URL {shown}: {NETLOC_PROBLEM}") from None
     if scheme not in DEFAULT_PORTS or not host:
         raise ConfigurationError(f"expected amqp://host[:port][/vhost] or amqps://…, got {shown}")
     fields: dict[str, Any] = {}
@@ -147,7 +150,7 @@ def parse_url(url: str) -> AmqpOptions:
         for name, raw in parse_qsl(parts.query, keep_blank_values=True):
             if name not in OPTIONS:
                 known = ", ".join(sorted(OPTIONS))
-                raise ValueError(f"unknown option {name!r}; known: {known}")
+                raise ValueError(f"unknown option {shown_name(name)}; known: {known}")
             fields[name] = OPTIONS[name](raw)
     except ValueError as exc:
         raise ConfigurationError(f"invalid option in {shown}: {exc}") from None

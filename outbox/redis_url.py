@@ -30,12 +30,13 @@ rejects such a message.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
+from outbox.url_options import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
 
 DEFAULT_PORT = 6379
 PAYLOAD_FIELD = "outboxkit-payload"
@@ -53,8 +54,8 @@ class RedisOptions:
     port: int = DEFAULT_PORT
     db: int = 0
     display: str
-    username: str | None = None
-    password: str | None = None
+    username: str | None = field(default=None, repr=False)  # alone, it may be a token
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     stream: str = "outboxkit"
     per_topic: bool = False
@@ -107,7 +108,7 @@ def to_bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _positive(kind: type[int] | type[float]) -> Converter:
+def _positive(kind: type[int] | Callable[[str], float]) -> Converter:
     def convert(raw: str) -> object:
         value = kind(raw)
         if not value > 0:
@@ -140,8 +141,8 @@ OPTIONS: dict[str, Converter] = {
     "stream": _key,
     "per_topic": to_bool,
     "prefix": str,
-    "timeout": _positive(float),
-    "connect_timeout": _positive(float),
+    "timeout": _positive(finite_float),
+    "connect_timeout": _positive(finite_float),
     "ssl_ca_certs": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
@@ -150,7 +151,7 @@ OPTIONS: dict[str, Converter] = {
     "maxlen": _positive(int),
     "max_message_bytes": _positive(int),
     "replicas": _non_negative_int,
-    "claim_idle": _positive(float),
+    "claim_idle": _positive(finite_float),
 }
 _TLS_ONLY = frozenset(name for name in OPTIONS if name.startswith("ssl_"))
 
@@ -158,11 +159,13 @@ _TLS_ONLY = frozenset(name for name in OPTIONS if name.startswith("ssl_"))
 def parse_url(url: str) -> RedisOptions:
     """`RedisOptions` from a broker URL; `ConfigurationError` for anything malformed."""
     shown = redact_dsn(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid Redis URL {shown}: {STRAY_AT}")
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid Redis URL {shown}: {exc}") from None
+    except ValueError:
+        raise ConfigurationError(f"invalid Redis URL {shown}: {NETLOC_PROBLEM}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss") or not host:
         raise ConfigurationError(f"expected redis://host[:port][/db] or rediss://..., got {shown}")
@@ -172,7 +175,7 @@ def parse_url(url: str) -> RedisOptions:
         for name, raw in parse_qsl(parts.query, keep_blank_values=True):
             if name not in OPTIONS:
                 known = ", ".join(sorted(OPTIONS))
-                raise ValueError(f"unknown option {name!r}; known: {known}")
+                raise ValueError(f"unknown option {shown_name(name)}; known: {known}")
             if name in _TLS_ONLY and scheme != "rediss":
                 raise ValueError(f"{name} needs a rediss:// URL")
             found[name] = OPTIONS[name](raw)
@@ -197,8 +200,9 @@ def _db(path: str) -> int:
     number = path.strip("/")
     if not number:
         return 0
-    if not number.isdigit():
-        raise ValueError(f"the database must be a number, got {number!r}")
+    if not (number.isascii() and number.isdigit()):
+        # Not quoted: it may be a piece of a password with an unencoded `/`.
+        raise ValueError("the database (the path, /N) must be a number")
     return int(number)
 
 

@@ -83,6 +83,7 @@ from outbox.envelope import from_headers, to_headers
 from outbox.errors import ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.redact import redact_dsn
+from outbox.url_options import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
 
 DEFAULT_QUEUE = "outboxkit"
 LOCAL_REGION = "us-east-1"
@@ -159,11 +160,13 @@ class SqsOptions:
 def parse_url(url: str) -> SqsOptions:
     """`SqsOptions` from a broker URL; `ConfigurationError` for anything malformed or unknown."""
     shown = redact_dsn(url)
+    if stray_at(url):
+        raise ConfigurationError(f"invalid SQS URL {shown}: {STRAY_AT}")
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid SQS URL {shown}: {exc}") from None
+    except ValueError:
+        raise ConfigurationError(f"invalid SQS URL {shown}: {NETLOC_PROBLEM}") from None
     if parts.scheme != "sqs":
         raise ConfigurationError(f"expected sqs://[key:secret@][host[:port]], got {shown}")
     if parts.path not in ("", "/"):
@@ -176,7 +179,7 @@ def parse_url(url: str) -> SqsOptions:
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in _OPTIONS:
             known = ", ".join(sorted(_OPTIONS))
-            raise ConfigurationError(f"{shown}: unknown option {name!r}; known: {known}")
+            raise ConfigurationError(f"{shown}: unknown option {shown_name(name)}; known: {known}")
         raw[name] = value
     try:
         fields = {name: _OPTIONS[name](value) for name, value in raw.items()}
@@ -237,7 +240,7 @@ def to_bool(raw: str) -> bool:
 
 def _seconds(low: float, high: float) -> Any:
     def convert(raw: str) -> float:
-        value = float(raw)
+        value = finite_float(raw)
         if not low <= value <= high:
             raise ValueError(f"expected seconds between {low:g} and {high:g}, got {raw!r}")
         return value

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from outbox.redact import redact_text
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import RelayMetrics
 
@@ -40,7 +41,9 @@ class Readiness:
     """The relay's answer to "can you do your job?", with one line per dependency.
 
     For example `Readiness(False, {"database": "ok", "broker": "down: timeout"})`. /readyz
-    serves `checks` to anyone who can reach the port: never put a DSN, URL or secret in it.
+    serves `checks` to anyone who can reach the port: never put a secret in it. As a last
+    line of defence every URL and `password=` in it is redacted (`outbox.redact.redact_text`)
+    before it is served.
     """
 
     ready: bool
@@ -208,7 +211,8 @@ class OpsServer:
     async def _readyz(self) -> _Response:
         readiness = await self._check_readiness()
         status = HTTPStatus.OK if readiness.ready else HTTPStatus.SERVICE_UNAVAILABLE
-        body = json.dumps({"ready": readiness.ready, "checks": readiness.checks}).encode()
+        checks = {redact_text(k): redact_text(v) for k, v in readiness.checks.items()}
+        body = json.dumps({"ready": readiness.ready, "checks": checks}).encode()
         return _Response(status, body, content_type="application/json")
 
     async def _check_readiness(self) -> Readiness:

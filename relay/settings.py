@@ -36,8 +36,9 @@ class RelaySettings:
     - `http_port`: serve /healthz, /readyz and /metrics here (None: no server).
     """
 
-    dsn: str
-    broker_url: str
+    # Both may hold a password: repr() leaves them out (show them with outbox.redact).
+    dsn: str = field(repr=False)
+    broker_url: str = field(repr=False)
     schema: str = "outboxkit"
     batch_size: int = 500
     poll_interval: float = 1.0

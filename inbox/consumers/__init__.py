@@ -35,7 +35,10 @@ TABLE_SCHEMES = frozenset({"postgresql", "postgres"})
 
 def create_consumer(url: str, subscription: Subscription) -> Consumer | None:
     """The consumer for `url`'s scheme; None for `postgresql://` (the inbox table is the source)."""
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # an unbalanced `[`
+        raise ConfigurationError(f"invalid broker URL {redact_dsn(url)}") from None
     if scheme in TABLE_SCHEMES:
         return None
     module_name = SCHEMES.get(scheme)

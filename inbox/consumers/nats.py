@@ -58,6 +58,7 @@ from outbox.envelope import Malformed, from_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.nats_url import NatsOptions, subject_matches, valid_subject, valid_token
+from outbox.url_options import finite_float
 
 _log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class NatsConsumerOptions(NatsOptions):
 
 
 def _positive(raw: str) -> float:
-    value = float(raw)
+    value = finite_float(raw)
     if value <= 0:
         raise ValueError(f"expected a number > 0, got {raw!r}")
     return value

@@ -41,7 +41,10 @@ EXTRAS: dict[str, str] = {
 
 def create_publisher(url: str) -> Publisher:
     """The publisher for `url`'s scheme; `ConfigurationError` for an unknown scheme."""
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # an unbalanced `[`
+        raise ConfigurationError(f"invalid broker URL {redact_dsn(url)}") from None
     module_name = SCHEMES.get(scheme)
     if module_name is None:
         known = ", ".join(f"{s}://" for s in sorted(SCHEMES))

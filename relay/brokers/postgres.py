@@ -36,7 +36,7 @@ from outbox.envelope import to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, OutboxkitError, SchemaNotMigrated
 from outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outbox.message import Message
-from outbox.redact import redact_dsn
+from outbox.redact import redact_dsn, redact_message
 from relay.brokers.base import Capabilities, Outcome
 
 _log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ class PostgresPublisher:
             async with asyncio.timeout(self.timeout):
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"cannot connect to {where}: {self._scrub(exc)}") from exc
+            # libpq quotes pieces of a misread URL (`host 'pa@…'`): those are masked too.
+            reason = redact_message(self._scrub(exc), self._conninfo)
+            raise BrokerUnavailable(f"cannot connect to {where}: {reason}") from exc
         try:
             async with asyncio.timeout(self.timeout):
                 await conn.execute(self._check)

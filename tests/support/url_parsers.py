@@ -1,0 +1,118 @@
+"""Every broker URL parser, by the name `hostile.attempt` counts it under, with the pure
+calls an accepted options object must survive (what a publisher or consumer does next)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from inbox.consumers import nats as nats_consumer
+from outbox import http_url, kafka_url, nats_url, pulsar_url, rabbitmq_url, redis_url, sqs_url
+
+
+@dataclass(frozen=True)
+class UrlParser:
+    name: str  # as counted in RELIABILITY.md
+    schemes: tuple[str, ...]
+    sides: tuple[Callable[[str], Any], ...]  # the publisher's and the consumer's reading
+    options: tuple[str, ...]  # the option names it defines
+    use: Callable[[Any], object]  # what a client does with accepted options
+
+
+def _nats_use(o: nats_url.NatsOptions) -> object:
+    return nats_url.stream_fields(o), nats_url.scrub("x", o)
+
+
+def _amqp_use(o: rabbitmq_url.AmqpOptions) -> object:
+    return o.scrub("x"), rabbitmq_url.describe(OSError("x"), o)
+
+
+def _redis_use(o: redis_url.RedisOptions) -> object:
+    return o.client_kwargs(), o.stream_for("t"), redis_url.scrub("x", o)
+
+
+def _kafka_use(o: kafka_url.KafkaOptions) -> object:
+    return o.client_config(), o.kafka_topic("t"), o.scrub("x")
+
+
+def _sqs_use(o: sqs_url.SqsOptions) -> object:
+    return o.client_kwargs(), o.queue_attributes(), o.queue_for("t"), o.scrub("x")
+
+
+def _pulsar_use(o: pulsar_url.PulsarOptions) -> object:
+    return o.client_settings(), o.operation_timeout, o.pulsar_topic("t"), o.scrub("x")
+
+
+def _http_use(o: http_url.HttpOptions) -> object:
+    return o.url_for("t"), o.listen_address, o.scrub("x")
+
+
+PARSERS: tuple[UrlParser, ...] = (
+    UrlParser(
+        "NATS URL options",
+        ("nats",),
+        (
+            lambda url: nats_url.parse_url(
+                url, nats_url.NatsOptions, ignored=nats_url.CONSUMER_ONLY
+            ),
+            nats_consumer.parse_url,
+        ),
+        (*nats_url.COMMON_OPTIONS, *nats_consumer.CONSUMER_OPTIONS),
+        _nats_use,
+    ),
+    UrlParser(
+        "RabbitMQ URL options",
+        ("amqp", "amqps"),
+        (rabbitmq_url.parse_url,),
+        tuple(rabbitmq_url.OPTIONS),
+        _amqp_use,
+    ),
+    UrlParser(
+        "Redis URL options",
+        ("redis", "rediss"),
+        (redis_url.parse_url,),
+        tuple(redis_url.OPTIONS),
+        _redis_use,
+    ),
+    UrlParser(
+        "Kafka URL options",
+        ("kafka",),
+        (
+            lambda url: kafka_url.parse_url(url, ignored=kafka_url.CONSUMER_ONLY),
+            lambda url: kafka_url.parse_url(url, ignored=kafka_url.PUBLISHER_ONLY),
+        ),
+        tuple(kafka_url.OPTIONS),
+        _kafka_use,
+    ),
+    UrlParser(
+        "SQS URL options",
+        ("sqs",),
+        (sqs_url.parse_url,),
+        tuple(sqs_url._OPTIONS),
+        _sqs_use,
+    ),
+    UrlParser(
+        "Pulsar URL options",
+        ("pulsar", "pulsar+ssl"),
+        (
+            lambda url: pulsar_url.parse_url(url, ignored=pulsar_url.CONSUMER_ONLY),
+            lambda url: pulsar_url.parse_url(url, ignored=pulsar_url.PUBLISHER_ONLY),
+        ),
+        tuple(pulsar_url.OPTIONS),
+        _pulsar_use,
+    ),
+    UrlParser(
+        "HTTP URL options",
+        ("http", "https"),
+        (http_url.parse_url,),
+        tuple(http_url.OPTION_PREFIX + name for name in http_url.OPTIONS),
+        _http_use,
+    ),
+)
+
+
+def parser_for(url: str) -> UrlParser:
+    """The parser of `url`'s scheme."""
+    scheme = url.partition("://")[0].lower()
+    return next(p for p in PARSERS if scheme in p.schemes)
