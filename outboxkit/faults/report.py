@@ -57,4 +57,21 @@ def write(rows_file: Path, out: Path, command: str) -> None:
         )
     passed = sum(1 for r in rows if r.outcome == "pass")
     lines += ["", f"{passed} of {len(rows)} scenarios passed."]
-    out.write_text("\n".join(lines) + "\n")
+    kept = _other_sections(out)
+    out.write_text("\n".join(lines) + "\n" + (f"\n{kept}\n" if kept else ""))
+
+
+# Sections other generators own (scripts/hostile_report.py), kept when the table is rewritten.
+_SECTIONS = (("<!-- hostile-input:begin -->", "<!-- hostile-input:end -->"),)
+
+
+def _other_sections(out: Path) -> str:
+    if not out.exists():
+        return ""
+    text = out.read_text()
+    found = []
+    for begin, end in _SECTIONS:
+        start, stop = text.find(begin), text.find(end)
+        if 0 <= start < stop:
+            found.append(text[start : stop + len(end)])
+    return "\n\n".join(found)
