@@ -87,13 +87,21 @@ WITH closed AS (
     WHERE m.consumer = %(consumer)s AND m.seq = f.seq AND m.processed_at IS NULL
     RETURNING m.*
 )
-INSERT INTO {inbox_dead_letters}
+INSERT INTO {inbox_dead_letters} AS d
     (consumer, message_id, topic, key, payload, content_type, headers, received_at,
      attempts, last_error)
 SELECT consumer, message_id, topic, key, payload, content_type, headers, received_at,
        attempts, last_error
 FROM closed
-ON CONFLICT (consumer, message_id) DO NOTHING
+ON CONFLICT (consumer, message_id) DO UPDATE
+-- A dead letter made from a broken envelope that carried this id (attempts 0, no handler ran)
+-- gives way to the real message's: else a forged delivery could hide a genuine failure.
+SET topic = excluded.topic, key = excluded.key, payload = excluded.payload,
+    content_type = excluded.content_type, headers = excluded.headers,
+    received_at = excluded.received_at, attempts = excluded.attempts,
+    last_error = excluded.last_error, dead_at = now()
+WHERE d.attempts = 0
+  AND d.last_error LIKE 'malformed envelope: %%'
 
 -- name: bury_delivery
 -- Idempotent mode, the broker's deliveries exhausted: keep the message as a dead letter and
@@ -104,12 +112,20 @@ WITH dedup AS (
     VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, now(), %(attempts)s, %(error)s)
     ON CONFLICT (consumer, message_id) DO NOTHING
 )
-INSERT INTO {inbox_dead_letters}
+INSERT INTO {inbox_dead_letters} AS d
     (consumer, message_id, topic, key, payload, content_type, headers, received_at,
      attempts, last_error)
 VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, %(payload)s, %(content_type)s,
         %(headers)s, now(), %(attempts)s, %(error)s)
-ON CONFLICT (consumer, message_id) DO NOTHING
+ON CONFLICT (consumer, message_id) DO UPDATE
+-- A dead letter made from a broken envelope that carried this id (attempts 0, no handler ran)
+-- gives way to the real message's: else a forged delivery could hide a genuine failure.
+SET topic = excluded.topic, key = excluded.key, payload = excluded.payload,
+    content_type = excluded.content_type, headers = excluded.headers,
+    received_at = excluded.received_at, attempts = excluded.attempts,
+    last_error = excluded.last_error, dead_at = now()
+WHERE d.attempts = 0
+  AND d.last_error LIKE 'malformed envelope: %%'
 
 -- name: bury_malformed
 -- Deliveries whose envelope is broken, with the id they carried: kept as dead letters with

@@ -21,6 +21,7 @@ from outbox.errors import (
 )
 from outbox.ids import uuid7
 from outbox.limits import (
+    MAX_CONTENT_TYPE_BYTES,
     MAX_HEADER_NAME_BYTES,
     MAX_HEADER_VALUE_BYTES,
     MAX_HEADERS,
@@ -65,9 +66,20 @@ def build_message(
         payload=body,
         key=key,
         headers=_check_total(current_trace_headers() | _check_headers(headers)),
-        content_type=content_type or kind,
+        content_type=_check_content_type(content_type) or kind,
         delay=_as_delay(delay),
     )
+
+
+def _check_content_type(content_type: object) -> str | None:
+    # Every consumer's envelope check refuses what this lets through: keep them in step.
+    if content_type is None or content_type == "":
+        return None
+    if not isinstance(content_type, str):
+        raise InvalidMessage("content_type must be a str")
+    if problem := text_problem(content_type, MAX_CONTENT_TYPE_BYTES):
+        raise InvalidMessage(f"content_type {_short(content_type)} {problem}")
+    return content_type
 
 
 def _check_topic(settings: OutboxSettings, topic: object) -> None:

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from outbox.errors import InvalidMessage
 from outbox.limits import (
+    MAX_CONTENT_TYPE_BYTES,
     MAX_HEADER_NAME_BYTES,
     MAX_HEADER_VALUE_BYTES,
     MAX_HEADERS,
@@ -38,7 +39,6 @@ RESERVED = frozenset({MESSAGE_ID, TOPIC, KEY, CONTENT_TYPE, CREATED_AT})
 # User headers may not start with this: brokers' field layouts use it too.
 RESERVED_PREFIX = "outboxkit-"
 
-MAX_CONTENT_TYPE_BYTES = 255
 # A UUID in any form `uuid.UUID` reads (`urn:uuid:{…}` is the longest) fits; an ISO 8601
 # timestamp with microseconds and an offset is 32 characters.
 _MAX_ID_BYTES = 64

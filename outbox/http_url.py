@@ -399,7 +399,7 @@ def attempt_of(headers: Mapping[str, str]) -> int:
 _FIELD_LIMITS = {
     TOPIC: limits.MAX_TOPIC_BYTES,
     KEY: limits.MAX_KEY_BYTES,
-    CONTENT_TYPE: limits.MAX_HEADER_VALUE_BYTES,
+    CONTENT_TYPE: limits.MAX_CONTENT_TYPE_BYTES,
 }
 
 

@@ -24,6 +24,7 @@ MAX_HEADER_VALUE_BYTES = 8 * 1024
 MAX_HEADERS = 64
 MAX_HEADERS_BYTES = 64 * 1024
 MAX_ERROR_BYTES = 2000
+MAX_CONTENT_TYPE_BYTES = 255
 
 # C0 and C1 control characters, DEL; everything PostgreSQL's text or a terminal mishandles.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

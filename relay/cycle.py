@@ -69,6 +69,20 @@ def to_claimed(row: Sequence[Any]) -> Claimed:
     return Claimed(row_id, attempts, message)
 
 
+def unpublishable(message: Message) -> str | None:
+    """Why a claimed row cannot be published (so it is dead-lettered), or None.
+
+    The write API only writes str -> str headers; the `headers` column is plain jsonb, and a
+    row inserted by hand may hold anything there.
+    """
+    headers = message.headers
+    if not isinstance(headers, dict) or not all(
+        isinstance(name, str) and isinstance(value, str) for name, value in headers.items()
+    ):
+        return "malformed outbox row: headers must be a JSON object of strings"
+    return None
+
+
 def publish_rounds(claimed: Sequence[Claimed]) -> list[list[Claimed]]:
     """Split a batch so that each round holds at most one message per key, in id order.
 
@@ -192,7 +206,18 @@ class Cycle:
         decisions = _Decisions()
         failed_keys: set[str] = set()
         for round_ in publish_rounds(claimed):
-            sendable = [c for c in round_ if c.message.key not in failed_keys]
+            sendable = []
+            for item in round_:
+                if item.message.key in failed_keys:
+                    continue
+                if problem := unpublishable(item.message):
+                    # A row written behind the API's back: a publisher would raise on it, and
+                    # an exception fails the whole batch as an outage, for ever.
+                    decisions.dead.append((item, problem))
+                    if item.message.key is not None:
+                        failed_keys.add(item.message.key)
+                    continue
+                sendable.append(item)
             if not sendable:
                 continue
             outcomes = await self._send([c.message for c in sendable])

@@ -89,8 +89,16 @@ from inbox.failures import error_text
 from inbox.inbox import Inbox
 from inbox.settings import ConsumerSettings
 from inbox.slots import Slot
+from migrations.current import require_current
 from outbox import http_url
-from outbox.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable, InvalidMessage
+from outbox.db import aconnect
+from outbox.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidMessage,
+    SchemaNotMigrated,
+)
 from outbox.http_signature import BodyCheck, SignatureRefused, Verifier
 from outbox.http_url import HttpOptions
 from outbox.message import Message
@@ -517,6 +525,7 @@ class WebhookApp:
         self.endpoint = Endpoint(self.options, self.options.secrets())
         self._idle: asyncio.Queue[Slot] | None = None
         self._slots: list[Slot] = []
+        self._schema_current = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -552,7 +561,11 @@ class WebhookApp:
             )
         slot = await self._take()
         try:
+            await self._require_current()
             return await self._handle(slot, message, attempt)
+        except SchemaNotMigrated as exc:
+            _log.error("webhook refused: %s", exc)
+            return _answer(HTTPStatus.SERVICE_UNAVAILABLE, "schema not migrated", retry_after=30)
         except (psycopg.Error, DatabaseUnavailable) as exc:
             # Lost or refused, the sender retries later: never an exception out of the app.
             # Decided from the connection's state, not the class (a statement can fail with an
@@ -571,6 +584,15 @@ class WebhookApp:
             )
         finally:
             self._give(slot)
+
+    async def _require_current(self) -> None:
+        # Once, on the first authenticated request: a mounted app gets no lifespan events
+        # (Starlette sends them to the outer app only), so start-up cannot be relied on.
+        if self._schema_current:
+            return
+        async with await aconnect(self.settings.dsn, autocommit=True) as conn:
+            await require_current(conn, self.inbox.schema)
+        self._schema_current = True
 
     async def _handle(self, slot: Slot, message: Message, attempt: int) -> Answer:
         [result] = await slot.handle_many([message], cautious=attempt > 1)

@@ -31,9 +31,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import psycopg
 from psycopg.types.json import Jsonb
 
+from migrations.current import require_current
 from outbox import sqlfile
 from outbox.envelope import to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, OutboxkitError, SchemaNotMigrated
+from outbox.identifiers import check_schema_name
 from outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outbox.message import Message
 from outbox.redact import redact_dsn, redact_message
@@ -64,8 +66,7 @@ class PostgresPublisher:
         if problem := text_problem(consumer, MAX_CONSUMER_BYTES):
             # Refused here, not row by row by the inbox's CHECK: that would dead-letter all.
             raise ConfigurationError(f"consumer name {consumer[:64]!r} {problem}")
-        if not schema or len(schema.encode()) > 63 or "\x00" in schema:
-            raise ConfigurationError(f"invalid schema name {schema!r}")
+        check_schema_name(schema)
         self.capabilities = Capabilities(
             ordered_per_key=True, broker_dedup=True, max_message_bytes=None
         )
@@ -74,7 +75,7 @@ class PostgresPublisher:
         self._display = redact_dsn(conninfo)
         self._password = password
         queries = sqlfile.bind(sqlfile.load("relay.brokers", "postgres.sql"), schema, TABLES)
-        self._insert, self._check = queries["insert_inbox"], queries["check_inbox"]
+        self._insert = queries["insert_inbox"]
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
 
@@ -95,12 +96,12 @@ class PostgresPublisher:
             raise BrokerUnavailable(f"cannot connect to {where}: {reason}") from exc
         try:
             async with asyncio.timeout(self.timeout):
-                await conn.execute(self._check)
-        except psycopg.errors.UndefinedTable as exc:
+                # The target is another service's inbox: as new as this outboxkit's, or its
+                # limits and row security may be missing. Same check as relays and consumers.
+                await require_current(conn, self.schema)
+        except SchemaNotMigrated as exc:
             await conn.close()
-            raise SchemaNotMigrated(
-                f"{where} has no {self.schema}.inbox_messages: run `outboxkit migrate` on it"
-            ) from exc
+            raise SchemaNotMigrated(f"{where}: {exc}") from exc
         except (psycopg.Error, TimeoutError) as exc:
             await conn.close()
             raise BrokerUnavailable(f"{where} is unusable: {self._scrub(exc)}") from exc
@@ -189,10 +190,11 @@ class PostgresPublisher:
 
 
 def _rejected(exc: psycopg.Error) -> Outcome:
-    # The primary message and detail only: the full text can echo parameter values.
+    # The primary message and the constraint only: the detail of a CHECK violation quotes
+    # the whole failing row, payload included, and the full text can echo parameter values.
     reason = exc.diag.message_primary or str(exc).splitlines()[0]
-    detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
-    return Outcome.reject(f"refused by the target database: {reason}{detail}")
+    constraint = f" (constraint {exc.diag.constraint_name})" if exc.diag.constraint_name else ""
+    return Outcome.reject(f"refused by the target database: {reason}{constraint}")
 
 
 def create(url: str) -> PostgresPublisher:

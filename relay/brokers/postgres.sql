@@ -11,7 +11,3 @@ FROM unnest(
     %(content_types)s::text[], %(headers)s::jsonb[]
 ) AS m(message_id, topic, key, payload, content_type, headers)
 ON CONFLICT (consumer, message_id) DO NOTHING
-
--- name: check_inbox
--- Fails with undefined_table when the target database was not migrated.
-SELECT 1 FROM {inbox_messages} LIMIT 0

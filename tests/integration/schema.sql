@@ -91,7 +91,10 @@ BEGIN
             -- Dedup, store, process, dead-letter, prune: its own consumers' rows only.
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON inbox_messages TO %I',
                            grantee.role_name);
-            EXECUTE format('GRANT SELECT, INSERT ON inbox_dead_letters TO %I', grantee.role_name);
+            -- UPDATE: a genuine dead letter replaces one a broken envelope with its id made.
+            EXECUTE format('GRANT SELECT, INSERT, UPDATE (topic, key, payload, content_type, '
+                           'headers, received_at, attempts, last_error, dead_at) '
+                           'ON inbox_dead_letters TO %I', grantee.role_name);
             EXECUTE format('GRANT SELECT ON inbox_consumer_roles TO %I', grantee.role_name);
             EXECUTE format('CREATE POLICY inbox_messages_consumer ON inbox_messages TO %I '
                            'USING (%s) WITH CHECK (%s)',

@@ -23,6 +23,7 @@ import httpx
 import psycopg
 import pytest
 
+import migrations
 import outbox
 from inbox import ConsumerRunner, ConsumerSettings, Inbox
 from inbox.consumers import Subscription, create_consumer
@@ -34,6 +35,7 @@ from outbox.message import Message
 from outboxkit.devservers.ports import free_port
 from relay.brokers import create_publisher
 from relay.brokers.http import HttpPublisher
+from tests.conftest import Database
 from tests.support import hostile
 from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
@@ -576,3 +578,26 @@ async def test_a_statement_failing_on_a_live_connection_is_a_503_and_the_receive
     finally:
         await app.aclose()
     assert await count_effects(dsn) == 1
+
+
+async def test_a_mounted_webhook_app_refuses_a_schema_missing_a_migration(
+    empty_db: Database,
+) -> None:
+    """A mounted app gets no lifespan events: the first authenticated request checks the
+    schema like a relay or a consumer at start-up, and a 503 asks the sender to come back."""
+    migrations.apply(empty_db.dsn, target=migrations.LATEST - 1)
+    app = webhook_app(
+        effect_inbox(), settings(empty_db.dsn, f"http://ignored/?{INSECURE}")
+    )
+    message = outbox.message("orders.created", {"n": 1})
+    try:
+        async with serving(app) as server, httpx.AsyncClient(timeout=GUARD) as client:
+            response = await client.post(
+                f"http://127.0.0.1:{server.port}/hooks/orders.created",
+                content=message.payload,
+                headers=http_url.envelope_headers(message),
+            )
+        assert response.status_code == 503, response.text
+        assert response.json()["status"] == "schema not migrated"
+    finally:
+        await app.aclose()

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import migrations
 from outbox.envelope import to_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, SchemaNotMigrated
 from outbox.ids import uuid7
@@ -151,7 +152,17 @@ async def test_unmigrated_target_is_reported(empty_db: Database) -> None:
     with pytest.raises(SchemaNotMigrated):
         await publisher.connect()
     outcomes = await publisher.publish(sample_messages(1))
-    assert outcomes[0].unavailable and "inbox_messages" in (outcomes[0].error or "")
+    assert outcomes[0].unavailable and "no outboxkit tables" in (outcomes[0].error or "")
+    await publisher.close()
+
+
+async def test_a_target_missing_a_migration_is_refused(empty_db: Database) -> None:
+    """The target is another service's inbox: without this outboxkit's newest migrations it
+    lacks limits and row security the relay relies on, so the relay does not start."""
+    migrations.apply(empty_db.dsn, target=migrations.LATEST - 1)
+    publisher = create_publisher(f"{empty_db.dsn}?consumer=billing")
+    with pytest.raises(SchemaNotMigrated, match="pending"):
+        await publisher.connect()
     await publisher.close()
 
 

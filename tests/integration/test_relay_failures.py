@@ -261,3 +261,44 @@ async def test_with_migration_0004_such_a_key_cannot_even_be_stored(
             """,
             (uuid.uuid4(), _four_byte_key()),
         )
+
+
+# -- a row written behind the API's back ---------------------------------------------------
+
+
+async def test_a_row_with_non_string_headers_is_dead_lettered_and_the_rest_flows(
+    dsn: str,
+) -> None:
+    """`headers` is plain jsonb. A hand-written row holding `{"a": 1}` made the HTTP (and the
+    Kafka, Redis) publisher raise, which failed the whole batch as an outage on every cycle:
+    the relay's partitions stalled for good. Now that row is dead-lettered, its key parks
+    behind it in order (the message before it still goes first), and every other key flows."""
+    before = write(dsn, "orders.created", {"n": 0}, key="k")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO outboxkit.outbox_messages (message_id, topic, key, partition, payload,"
+            " content_type, headers) SELECT %s, 'orders.created', 'k',"
+            " (hashtext('k') & 2147483647) %% partitions, '\\x7b7d', 'application/json',"
+            " '{\"a\": 1}' FROM outboxkit.outbox_settings",
+            (uuid.uuid4(),),
+        )
+        conn.commit()
+    after = write(dsn, "orders.created", {"n": 2}, key="k")
+    other = write(dsn, "orders.created", {"n": 3}, key="other")
+    hook = Endpoint()
+    async with endpoint(hook) as url, running(Relay(settings(dsn, f"{url}/hooks"))) as run:
+
+        async def settled() -> bool:
+            found = await asyncio.to_thread(
+                rows, dsn, "SELECT count(*) FROM outboxkit.outbox_dead_letters"
+            )
+            return found[0][0] == 1 and len(hook.seen) == 2
+
+        await run.until(settled)
+        assert not run.task.done()
+    posted = {s.headers.get("outboxkit-message-id") for s in hook.seen}
+    assert posted == {str(before.message_id), str(other.message_id)}
+    [(error,)] = rows(dsn, "SELECT last_error FROM outboxkit.outbox_dead_letters")
+    assert "headers must be a JSON object of strings" in error
+    # The message after it waits behind its dead-lettered head, as for any dead letter.
+    assert rows(dsn, "SELECT message_id FROM outboxkit.outbox_messages") == [(after.message_id,)]

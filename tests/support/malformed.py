@@ -20,7 +20,6 @@ from outbox.envelope import (
     CONTENT_TYPE,
     CREATED_AT,
     KEY,
-    MAX_CONTENT_TYPE_BYTES,
     MESSAGE_ID,
     RESERVED,
     RESERVED_PREFIX,
@@ -28,6 +27,7 @@ from outbox.envelope import (
     Malformed,
 )
 from outbox.limits import (
+    MAX_CONTENT_TYPE_BYTES,
     MAX_ERROR_BYTES,
     MAX_HEADER_NAME_BYTES,
     MAX_HEADER_VALUE_BYTES,
