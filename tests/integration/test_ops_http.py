@@ -158,7 +158,7 @@ async def test_metrics(ops: Running) -> None:
     assert reply.status == 200
     assert reply.headers["content-type"] == CONTENT_TYPE
     assert reply.headers["content-length"] == str(len(reply.body))
-    assert b'outboxkit_relay_published_total{topic="order.created"} 3\n' in reply.body
+    assert b'outboxkit_relay_published_total{topic="order.created"} 3.0\n' in reply.body
 
 
 async def test_unknown_path_is_404(ops: Running) -> None:
