@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from outbox.message import Message
+from outbox.topics import topic_regex
 
 SyncHandler = Callable[[Any, Message], None]
 AsyncHandler = Callable[[Any, Message], Awaitable[None]]
@@ -58,7 +57,7 @@ class HandlerRegistry:
         except KeyError:
             pass
         found = self._exact.get(topic) or next(
-            (r for r in self._patterns if _pattern(r.pattern).fullmatch(topic)), None
+            (r for r in self._patterns if topic_regex(r.pattern).fullmatch(topic)), None
         )
         if len(self._found) < _REMEMBERED_TOPICS:
             self._found[topic] = found
@@ -76,6 +75,3 @@ class HandlerRegistry:
 _REMEMBERED_TOPICS = 10_000
 
 
-@cache
-def _pattern(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)

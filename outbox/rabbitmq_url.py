@@ -13,16 +13,15 @@ documented in `relay.brokers.rabbitmq` and `inbox.consumers.rabbitmq`.
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from outbox.errors import ConfigurationError
 from outbox.redact import redact_dsn
+from outbox.topics import matches_any
 from outbox.url_options import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -220,12 +219,6 @@ def binding_keys(patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return ("#",) if "#" in keys else tuple(keys)
 
 
-@cache
-def topic_regex(pattern: str) -> re.Pattern[str]:
-    """The rule of `inbox.registry.HandlerRegistry`: `*` is any run of characters."""
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
-
 def matches(patterns: tuple[str, ...], topic: str) -> bool:
-    """Whether a handler pattern matches `topic`."""
-    return any(topic_regex(p).fullmatch(topic) for p in patterns)
+    """Whether a handler pattern matches `topic` (the one rule, `outbox.topics`)."""
+    return matches_any(patterns, topic)

@@ -72,11 +72,9 @@ import hmac
 import json
 import logging
 import math
-import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from functools import cache
 from http import HTTPStatus
 from typing import Any
 from uuid import UUID
@@ -102,6 +100,7 @@ from outbox.errors import (
 from outbox.http_signature import BodyCheck, SignatureRefused, Verifier
 from outbox.http_url import HttpOptions
 from outbox.message import Message
+from outbox.topics import matches_any
 
 _log = logging.getLogger(__name__)
 
@@ -295,10 +294,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | Answer | None:
 # -- the runner's consumer ------------------------------------------------------------------
 
 
-@cache
-def _topic_pattern(pattern: str) -> re.Pattern[str]:
-    # The rule of inbox.registry.HandlerRegistry: `*` is any run of characters.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 @dataclass(eq=False)
@@ -430,7 +425,7 @@ class HttpConsumer:
     async def _hold(self, checked: Received, receive: Receive, send: Send) -> Answer | None:
         """Queue the delivery and wait for the runner's answer (None: the sender left)."""
         message = checked.message
-        if not any(_topic_pattern(p).fullmatch(message.topic) for p in self.subscription.topics):
+        if not matches_any(self.subscription.topics, message.topic):
             return _answer(
                 HTTPStatus.UNPROCESSABLE_ENTITY,
                 "no handler",

@@ -54,11 +54,9 @@ import contextlib
 import itertools
 import logging
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -70,6 +68,7 @@ from outbox.envelope import Malformed, from_headers, native_text
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.kafka_url import KafkaOptions, LibrdkafkaLog
 from outbox.message import Message
+from outbox.topics import matches_any
 
 _log = logging.getLogger(__name__)
 
@@ -105,10 +104,6 @@ def subscription_topics(options: KafkaOptions, patterns: Iterable[str]) -> list[
     return sorted({kafka_url.topic_regex(options.topic_prefix, p) for p in patterns})
 
 
-@cache
-def _topic_pattern(pattern: str) -> re.Pattern[str]:
-    # The rule of inbox.registry.HandlerRegistry: `*` is any run of characters.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 # -- a thread for blocking calls ---------------------------------------------------------
@@ -429,7 +424,7 @@ class KafkaConsumer:
         return KafkaDelivery(self, key, offset, generation, message, malformed, attempt)
 
     def _wanted(self, topic: str) -> bool:
-        return any(_topic_pattern(p).fullmatch(topic) for p in self.patterns)
+        return matches_any(self.patterns, topic)
 
     def _report(self, error: KafkaError) -> None:
         text = f"{error.name()}: {self.options.scrub(error.str())}"

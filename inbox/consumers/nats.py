@@ -42,7 +42,6 @@ import logging
 import re
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
 
 import nats.errors
 import nats.js.errors
@@ -58,6 +57,7 @@ from outbox.envelope import Malformed, from_headers
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.nats_url import NatsOptions, subject_matches, valid_subject, valid_token
+from outbox.topics import matches_any
 from outbox.url_options import finite_float
 
 _log = logging.getLogger(__name__)
@@ -141,10 +141,6 @@ def filter_subjects(prefix: str, patterns: Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in subjects if not any(o != s and subject_matches(o, s) for o in subjects))
 
 
-@cache
-def _topic_pattern(pattern: str) -> re.Pattern[str]:
-    # The rule of inbox.registry.HandlerRegistry: `*` is any run of characters.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -166,7 +162,7 @@ class Filters:
     def wanted(self, subject: str) -> bool:
         """Whether a handler pattern matches the topic of `subject`."""
         topic = self.topic(subject)
-        return topic is not None and any(_topic_pattern(p).fullmatch(topic) for p in self.patterns)
+        return topic is not None and matches_any(self.patterns, topic)
 
 
 # -- deliveries --------------------------------------------------------------------------

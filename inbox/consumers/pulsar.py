@@ -71,7 +71,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import pulsar
@@ -82,6 +81,7 @@ from outbox.envelope import Malformed, from_headers, native_text
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.pulsar_url import PulsarOptions
+from outbox.topics import matches_any
 
 _log = logging.getLogger(__name__)
 
@@ -120,10 +120,6 @@ def _client_logger() -> Any:
     return pulsar.FileLogger(pulsar.LoggerLevel.Error, os.devnull)
 
 
-@cache
-def _topic_pattern(pattern: str) -> re.Pattern[str]:
-    # The rule of inbox.registry.HandlerRegistry: `*` is any run of characters.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 @dataclass(eq=False)
@@ -347,7 +343,7 @@ class PulsarConsumer:
         return deliveries
 
     def _wanted(self, topic: str) -> bool:
-        return any(_topic_pattern(p).fullmatch(topic) for p in self.patterns)
+        return matches_any(self.patterns, topic)
 
     def _watch(self, consumer: pulsar.Consumer) -> None:
         """Log a lost connection once, and its return."""

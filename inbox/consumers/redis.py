@@ -67,6 +67,7 @@ from outbox.envelope import Malformed, from_headers, native_text, salvage
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.redis_url import PAYLOAD_FIELD, RedisOptions
+from outbox.topics import any_of
 
 _log = logging.getLogger(__name__)
 
@@ -92,9 +93,7 @@ def consumer_name() -> str:
 
 
 def _matcher(patterns: Iterable[str]) -> re.Pattern[str]:
-    # The rule of inbox.registry.HandlerRegistry: `*` is any run of characters.
-    alternatives = (".*".join(re.escape(part) for part in p.split("*")) for p in patterns)
-    return re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL)
+    return any_of(patterns)
 
 
 def decode_entry(fields: Mapping[Any, Any], *, topic: str | None = None) -> Message | Malformed:

@@ -44,11 +44,9 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import botocore.exceptions
@@ -61,6 +59,7 @@ from outbox.envelope import Malformed, MalformedEnvelope, native_text, salvage
 from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
 from outbox.message import Message
 from outbox.sqs_url import BATCH_ENTRIES, MAX_VISIBILITY, SqsOptions
+from outbox.topics import matches_any
 
 _log = logging.getLogger(__name__)
 
@@ -75,15 +74,11 @@ def parse_url(url: str) -> SqsOptions:
     return sqs_url.parse_url(url)
 
 
-@cache
-def _topic_pattern(pattern: str) -> re.Pattern[str]:
-    # The rule of inbox.registry.HandlerRegistry: `*` is any run of characters.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 def wanted(patterns: Sequence[str], topic: str) -> bool:
     """Whether a handler pattern matches `topic`."""
-    return any(_topic_pattern(p).fullmatch(topic) for p in patterns)
+    return matches_any(patterns, topic)
 
 
 def decode_sqs(raw: Mapping[str, Any]) -> Message | Malformed:
