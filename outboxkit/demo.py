@@ -190,16 +190,18 @@ async def drive(
             processes.start("relay", *relay_args, "--relay-id", "demo-relay-2")
             show("relay restarted", counts())
             await placing
-        redelivered = await redeliver(nats, options.redeliver)
+        redelivered, last_seq = await redeliver(nats, options.redeliver)
         show(f"redelivered {redelivered} already-delivered events on purpose", counts())
         deadline = time.monotonic() + options.timeout
         while time.monotonic() < deadline:
             current = counts()
             show("", current)
+            # `last_seq` too: counts refreshed before the redelivery still show the broker
+            # fully delivered, and the verdict would miss the duplicates it is about.
             if (
                 current.pending == 0
                 and current.processed >= options.orders
-                and current.delivered >= current.in_broker
+                and current.delivered >= max(current.in_broker, last_seq)
             ):
                 break
             await asyncio.sleep(0.25)
@@ -227,21 +229,24 @@ def judge(counts: Counts, orders: int, kills: int, redelivered: int) -> Verdict:
     return verdict
 
 
-async def redeliver(nats: NatsServer, count: int) -> int:
-    """Publish `count` already-stored events again under fresh broker ids: duplicates."""
+async def redeliver(nats: NatsServer, count: int) -> tuple[int, int]:
+    """Publish `count` already-stored events again under fresh broker ids: duplicates.
+
+    Returns how many were republished and the stream sequence of the last one (0 if none)."""
     import nats as nats_client
 
     client = await nats_client.connect(nats.url)
     try:
         js = client.jetstream()
         info = await js.stream_info(STREAM)
-        republished = 0
+        republished = last_seq = 0
         for seq in range(1, min(count, info.state.last_seq) + 1):
             stored = await js.get_msg(STREAM, seq)
             headers = {k: v for k, v in (stored.headers or {}).items() if k != "Nats-Msg-Id"}
             headers["Nats-Msg-Id"] = f"demo-redelivery-{seq}"
-            await js.publish(stored.subject or "", stored.data or b"", headers=headers)
+            ack = await js.publish(stored.subject or "", stored.data or b"", headers=headers)
             republished += 1
-        return republished
+            last_seq = max(last_seq, ack.seq)
+        return republished, last_seq
     finally:
         await client.close()

@@ -175,7 +175,9 @@ async def test_a_settle_refused_by_the_database_backs_off_and_keeps_the_relay_al
         assert all(gap >= BACKOFF_BASE / 2 for gap in gaps(sent[innocent.message_id]))
         assert rows(dsn, "SELECT count(*) FROM outboxkit.outbox_messages") == [(2,)]
 
-        admin.execute("DROP TRIGGER refuse ON outboxkit.outbox_dead_letters")
+        # In a thread: the relay shares this event loop, and the DDL may wait for its batch.
+        drop = "DROP TRIGGER refuse ON outboxkit.outbox_dead_letters"
+        await asyncio.to_thread(admin.execute, drop)
 
         async def settled() -> bool:
             left = await asyncio.to_thread(
@@ -238,7 +240,11 @@ async def test_an_index_row_too_large_does_not_republish_the_batch_in_a_tight_lo
         assert run.relay.health()["database"].startswith("failing: ProgramLimitExceeded")
 
         # The operator removes the row nothing can index; the batch settles.
-        admin.execute("DELETE FROM outboxkit.outbox_messages WHERE message_id = %s", (bad_id,))
+        # In a thread: the row is locked while the relay's batch is in flight, and the relay
+        # runs on this test's event loop (a blocking DELETE here deadlocked the two).
+        await asyncio.to_thread(
+            admin.execute, "DELETE FROM outboxkit.outbox_messages WHERE message_id = %s", (bad_id,)
+        )
 
         async def drained() -> bool:
             left = await asyncio.to_thread(
