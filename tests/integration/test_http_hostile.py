@@ -27,15 +27,14 @@ import migrations
 import outbox
 from inbox import ConsumerRunner, ConsumerSettings, Inbox
 from inbox.consumers import Subscription, create_consumer
-from inbox.consumers.http import AsgiServer, HttpConsumer, Receive, Scope, Send, webhook_app
+from inbox.consumers.http import AsgiServer, Receive, Scope, Send, webhook_app
 from inbox.settings import Mode
 from outbox import http_url
 from outbox.errors import ConfigurationError
 from outbox.message import Message
 from outboxkit.devservers.ports import free_port
-from relay.brokers import create_publisher
-from relay.brokers.http import HttpPublisher
 from tests.conftest import Database
+from tests.integration.test_http import listening, publisher
 from tests.support import hostile
 from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
@@ -145,27 +144,6 @@ async def serving(app: Any, **limits: Any) -> AsyncIterator[AsgiServer]:
 
 def consumer_url(port: int, *options: str) -> str:
     return f"http://127.0.0.1:{port}/hooks/{{topic}}" + ("?" + "&".join(options) if options else "")
-
-
-@contextlib.asynccontextmanager
-async def listening(url: str) -> AsyncIterator[HttpConsumer]:
-    consumer = create_consumer(url, Subscription("billing", ["*"]))
-    assert isinstance(consumer, HttpConsumer)
-    await consumer.connect()
-    try:
-        yield consumer
-    finally:
-        await consumer.close()
-
-
-@contextlib.asynccontextmanager
-async def publisher(url: str) -> AsyncIterator[HttpPublisher]:
-    created = create_publisher(url)
-    assert isinstance(created, HttpPublisher)
-    try:
-        yield created
-    finally:
-        await created.close()
 
 
 @pytest.fixture
