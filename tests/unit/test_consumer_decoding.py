@@ -136,14 +136,19 @@ def _check(found: Message | Malformed, payload: bytes) -> None:
         assert found.payload == payload
 
 
+# Every decoder with every corpus entry its client can carry (NATS and Pulsar clients carry
+# only UTF-8 text: the byte-level entries cannot reach their decoders at all).
+_CARRIED = [
+    pytest.param(parser, decode, bad, id=f"{parser.split(' ')[0]}-{bad.name}")
+    for parser, decode, text_only in DECODERS
+    for bad in corpus()
+    if bad.text_only or not text_only
+]
+
+
 @pytest.mark.hostile
-@pytest.mark.parametrize(("parser", "decode", "text_only"), DECODERS, ids=_ids)
-@pytest.mark.parametrize("bad", corpus(), ids=lambda b: b.name)
-def test_the_corpus_is_malformed_for_every_decoder(
-    parser: str, decode: Decoder, text_only: bool, bad: Bad
-) -> None:
-    if text_only and not bad.text_only:
-        pytest.skip("this client carries only UTF-8 text")
+@pytest.mark.parametrize(("parser", "decode", "bad"), _CARRIED)
+def test_the_corpus_is_malformed_for_every_decoder(parser: str, decode: Decoder, bad: Bad) -> None:
     found = decoded(parser, lambda: decode(bad.fields, bad.payload))
     assert isinstance(found, Malformed), f"{bad.name} accepted: {found}"
     assert malformed_problem(found) is None, malformed_problem(found)
