@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from inbox import Inbox
-from outbox.message import Message
+from outboxkit.inbox import Inbox
+from outboxkit.outbox.message import Message
 
 HANDLED_TABLE = """
 CREATE TABLE IF NOT EXISTS bench_handled (

@@ -3,7 +3,7 @@
 Each target tells the harness the relay's `--broker` URL for one run, how many messages a run
 has delivered so far (progress), and the broker's own raw publish rate from Python with the
 same batch size (the reference P). NATS JetStream is always there (embedded); an `amqp://`
-URL given with `--broker` adds RabbitMQ once `relay/brokers/rabbitmq.py` exists.
+URL given with `--broker` adds RabbitMQ once `brokers/rabbitmq/publisher.py` exists.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import nats
 import nats.js.errors
 from nats.js.api import StorageType, StreamConfig
 
-from outbox.envelope import to_headers
-from outbox.ids import uuid7
-from outbox.message import Message
+from outboxkit.outbox.envelope import to_headers
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -291,10 +291,13 @@ def targets(nats_url: str, amqp_urls: Sequence[str]) -> tuple[list[BrokerTarget]
         scheme = urlsplit(url).scheme.lower()
         if scheme not in {"amqp", "amqps"}:
             notes.append(f"{scheme}:// left out: the harness has no target for it yet.")
-        elif importlib.util.find_spec("relay.brokers.rabbitmq") is None:
-            notes.append("RabbitMQ left out: relay/brokers/rabbitmq.py does not exist.")
+        elif importlib.util.find_spec("outboxkit.brokers.rabbitmq.publisher") is None:
+            notes.append("RabbitMQ left out: brokers/rabbitmq/publisher.py does not exist.")
         else:
             found.append(AmqpTarget(url))
-    if not amqp_urls and importlib.util.find_spec("relay.brokers.rabbitmq") is not None:
+    if (
+        not amqp_urls
+        and importlib.util.find_spec("outboxkit.brokers.rabbitmq.publisher") is not None
+    ):
         notes.append("RabbitMQ not run: add `--broker rabbitmq` (embedded) or an amqp:// URL.")
     return found, notes

@@ -33,9 +33,9 @@ from benchmarks.brokers import MSG_ID, NatsTarget, sample_messages
 from benchmarks.env import Context
 from benchmarks.model import Result, Row, Target
 from benchmarks.relays import Children, cli
-from inbox import Inbox
-from outbox.envelope import to_headers
-from outbox.ids import uuid7
+from outboxkit.inbox import Inbox
+from outboxkit.outbox.envelope import to_headers
+from outboxkit.outbox.ids import uuid7
 
 NAME = "inbox"
 TITLE = "Inbox throughput"

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-import migrations
+from outboxkit import migrations
 from outboxkit.devservers import NatsServer, PostgresServer
 
 SCHEMA = "outboxkit"

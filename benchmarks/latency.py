@@ -25,14 +25,14 @@ import nats.js.errors
 import psycopg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-import outbox
 from benchmarks import backlog
 from benchmarks.apps import create_handled_table
 from benchmarks.brokers import MSG_ID, NatsTarget
 from benchmarks.env import Context
 from benchmarks.model import Result, Row, Target
 from benchmarks.relays import Children, cli, drain
-from outbox.ids import uuid7
+from outboxkit import outbox
+from outboxkit.outbox.ids import uuid7
 
 NAME = "latency"
 TITLE = "End-to-end latency"

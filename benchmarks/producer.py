@@ -20,10 +20,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-import outbox
 from benchmarks.env import SCHEMA, Context
 from benchmarks.model import Result, Row
-from outbox.ids import uuid7
+from outboxkit import outbox
+from outboxkit.outbox.ids import uuid7
 
 NAME = "producer"
 TITLE = "Producer overhead"

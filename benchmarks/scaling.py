@@ -15,7 +15,7 @@ from benchmarks.brokers import NatsTarget
 from benchmarks.env import SCHEMA, Context
 from benchmarks.model import Result, Row, Target
 from benchmarks.relays import Drain, drain
-from relay.admin import set_partitions
+from outboxkit.relay.admin import set_partitions
 
 NAME = "scaling"
 TITLE = "Scaling: relays, partitions, memory"

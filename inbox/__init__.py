@@ -1,7 +1,7 @@
 """Consume messages effectively exactly once: the dedup row and the handler's writes commit
 together, and the broker is acked only after that commit.
 
-    from inbox import Inbox
+    from outboxkit.inbox import Inbox
     ib = Inbox(consumer="billing")
 
     @ib.handler("order.created")
@@ -13,10 +13,10 @@ together, and the broker is acked only after that commit.
 Run it against a broker with `outboxkit consume --app pkg.module:ib …` or `ConsumerRunner`.
 """
 
-from inbox.inbox import Inbox, NoHandler
-from inbox.retention import parse_duration, prune
-from inbox.runner import ConsumerRunner
-from inbox.settings import ConsumerSettings, Mode
+from outboxkit.inbox.inbox import Inbox, NoHandler
+from outboxkit.inbox.retention import parse_duration, prune
+from outboxkit.inbox.runner import ConsumerRunner
+from outboxkit.inbox.settings import ConsumerSettings, Mode
 
 __all__ = [
     "ConsumerRunner",

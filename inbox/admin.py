@@ -11,10 +11,10 @@ from uuid import UUID
 
 import psycopg
 
-from inbox.failures import is_malformed
-from inbox.queries import bound
-from outbox.db import connect, like_pattern, schema_errors
-from outbox.errors import ConfigurationError
+from outboxkit.inbox.failures import is_malformed
+from outboxkit.inbox.queries import bound
+from outboxkit.outbox.db import connect, like_pattern, schema_errors
+from outboxkit.outbox.errors import ConfigurationError
 
 log = logging.getLogger("outboxkit.inbox")
 

@@ -8,7 +8,7 @@ from `error_text`.
 
 from __future__ import annotations
 
-from outbox.limits import clean_text
+from outboxkit.outbox.limits import clean_text
 
 _TYPE_NAME_BYTES = 200
 

@@ -7,12 +7,12 @@ from typing import Any, cast
 
 from psycopg.types.json import Jsonb
 
-from inbox.queries import bound
-from inbox.registry import AsyncHandler, Handler, HandlerRegistry, Registration
-from outbox.connections import async_connection, check_transactional, sync_connection
-from outbox.errors import ConfigurationError, OutboxkitError
-from outbox.limits import MAX_CONSUMER_BYTES, text_problem
-from outbox.message import Message
+from outboxkit.inbox.queries import bound
+from outboxkit.inbox.registry import AsyncHandler, Handler, HandlerRegistry, Registration
+from outboxkit.outbox.connections import async_connection, check_transactional, sync_connection
+from outboxkit.outbox.errors import ConfigurationError, OutboxkitError
+from outboxkit.outbox.limits import MAX_CONSUMER_BYTES, text_problem
+from outboxkit.outbox.message import Message
 
 
 class NoHandler(OutboxkitError):

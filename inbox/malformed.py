@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from inbox.consumers import Delivery, Malformed
-from inbox.slots import Slot
-from outbox.errors import DatabaseUnavailable
-from outbox.limits import clean_text
+from outboxkit.brokers import Delivery, Malformed
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.errors import DatabaseUnavailable
+from outboxkit.outbox.limits import clean_text
 
 log = logging.getLogger("outboxkit.inbox")
 

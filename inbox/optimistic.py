@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from outbox.db import connection_lost
+from outboxkit.outbox.db import connection_lost
 
 Conn = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 Queries = Mapping[str, sql.Composed]

@@ -8,11 +8,11 @@ import logging
 import signal
 import sys
 
-from inbox.inbox import Inbox
-from inbox.runner import ConsumerRunner
-from inbox.settings import ConsumerSettings
-from outbox.bounded import drain, run_or_exit
-from outbox.errors import ConfigurationError
+from outboxkit.inbox.inbox import Inbox
+from outboxkit.inbox.runner import ConsumerRunner
+from outboxkit.inbox.settings import ConsumerSettings
+from outboxkit.outbox.bounded import drain, run_or_exit
+from outboxkit.outbox.errors import ConfigurationError
 
 log = logging.getLogger("outboxkit.inbox")
 

@@ -6,7 +6,7 @@ from functools import cache
 
 from psycopg import sql
 
-from outbox import sqlfile
+from outboxkit.outbox import sqlfile
 
 TABLES = ("inbox_messages", "inbox_dead_letters")
 
@@ -14,4 +14,4 @@ TABLES = ("inbox_messages", "inbox_dead_letters")
 @cache
 def bound(schema: str) -> dict[str, sql.Composed]:
     """Queries of `inbox/queries.sql` with table names bound to `schema`."""
-    return sqlfile.bind(sqlfile.load("inbox", "queries.sql"), schema, TABLES)
+    return sqlfile.bind(sqlfile.load("outboxkit.inbox", "queries.sql"), schema, TABLES)

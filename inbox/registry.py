@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from outbox.message import Message
-from outbox.topics import topic_regex
+from outboxkit.outbox.message import Message
+from outboxkit.outbox.topics import topic_regex
 
 SyncHandler = Callable[[Any, Message], None]
 AsyncHandler = Callable[[Any, Message], Awaitable[None]]
@@ -73,5 +73,3 @@ class HandlerRegistry:
 
 
 _REMEMBERED_TOPICS = 10_000
-
-

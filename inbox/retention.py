@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from inbox.queries import bound
-from outbox.db import aconnect
-from outbox.errors import ConfigurationError
+from outboxkit.inbox.queries import bound
+from outboxkit.outbox.db import aconnect
+from outboxkit.outbox.errors import ConfigurationError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

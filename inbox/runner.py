@@ -22,18 +22,18 @@ import logging
 
 import psycopg
 
-from inbox import malformed
-from inbox.consumers import Consumer, Delivery, Subscription, create_consumer
-from inbox.failures import error_text
-from inbox.inbox import Inbox, NoHandler
-from inbox.retention import prune
-from inbox.settings import ConsumerSettings, Mode
-from inbox.slots import Slot
-from migrations.current import require_current
-from outbox.backoff import message_backoff
-from outbox.db import aconnect, statement_error
-from outbox.errors import DatabaseUnavailable
-from outbox.faults import CrashPoints
+from outboxkit.brokers import Consumer, Delivery, Subscription, create_consumer
+from outboxkit.inbox import malformed
+from outboxkit.inbox.failures import error_text
+from outboxkit.inbox.inbox import Inbox, NoHandler
+from outboxkit.inbox.retention import prune
+from outboxkit.inbox.settings import ConsumerSettings, Mode
+from outboxkit.inbox.slots import Slot
+from outboxkit.migrations.current import require_current
+from outboxkit.outbox.backoff import message_backoff
+from outboxkit.outbox.db import aconnect, statement_error
+from outboxkit.outbox.errors import DatabaseUnavailable
+from outboxkit.outbox.faults import CrashPoints
 
 log = logging.getLogger("outboxkit.inbox")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from outbox.errors import ConfigurationError
-from outbox.identifiers import check_schema_name
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.identifiers import check_schema_name
 
 
 class Mode(enum.StrEnum):

@@ -16,10 +16,10 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from inbox.consumers import Malformed
-from inbox.failures import MALFORMED_PREFIX
-from inbox.inbox import Inbox
-from inbox.optimistic import (
+from outboxkit.brokers import Malformed
+from outboxkit.inbox.failures import MALFORMED_PREFIX
+from outboxkit.inbox.inbox import Inbox
+from outboxkit.inbox.optimistic import (
     HandlerFailed,
     amessage_savepoint,
     handler_failures,
@@ -27,12 +27,12 @@ from inbox.optimistic import (
     optimistic_atransaction,
     optimistic_transaction,
 )
-from inbox.registry import AsyncHandler, Registration
-from inbox.settings import ConsumerSettings
-from inbox.stored import BatchResult, process_batch_async, process_batch_sync
-from outbox.db import aconnect, connect, connection_lost
-from outbox.limits import clean_text
-from outbox.message import Message
+from outboxkit.inbox.registry import AsyncHandler, Registration
+from outboxkit.inbox.settings import ConsumerSettings
+from outboxkit.inbox.stored import BatchResult, process_batch_async, process_batch_sync
+from outboxkit.outbox.db import aconnect, connect, connection_lost
+from outboxkit.outbox.limits import clean_text
+from outboxkit.outbox.message import Message
 
 Result = bool | Exception
 

@@ -16,9 +16,9 @@ from typing import Any, cast
 
 import psycopg
 
-from inbox.failures import error_text
-from inbox.inbox import Inbox, NoHandler
-from inbox.optimistic import (
+from outboxkit.inbox.failures import error_text
+from outboxkit.inbox.inbox import Inbox, NoHandler
+from outboxkit.inbox.optimistic import (
     HandlerFailed,
     amessage_savepoint,
     handler_failures,
@@ -26,12 +26,12 @@ from inbox.optimistic import (
     optimistic_atransaction,
     optimistic_transaction,
 )
-from inbox.registry import AsyncHandler, SyncHandler
-from inbox.settings import ConsumerSettings
-from outbox.backoff import message_backoff
-from outbox.db import connection_lost
-from outbox.envelope import RESERVED
-from outbox.message import Message
+from outboxkit.inbox.registry import AsyncHandler, SyncHandler
+from outboxkit.inbox.settings import ConsumerSettings
+from outboxkit.outbox.backoff import message_backoff
+from outboxkit.outbox.db import connection_lost
+from outboxkit.outbox.envelope import RESERVED
+from outboxkit.outbox.message import Message
 
 
 @dataclass(frozen=True)

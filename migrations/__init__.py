@@ -1,6 +1,6 @@
 """Versioned SQL migrations for the outboxkit tables.
 
-    import migrations
+    from outboxkit import migrations
     migrations.apply("postgresql://…", schema="outboxkit")   # what is pending, under a lock
     migrations.status("postgresql://…")                        # applied and pending
     print(migrations.render_sql(schema="outboxkit"))           # for Flyway/Alembic users
@@ -14,9 +14,9 @@ A run that would apply nothing because no migration file is found, or a `target`
 `require_current` at start-up and refuse a schema older than `LATEST` (`SchemaNotMigrated`).
 """
 
-from migrations.current import require_current
-from migrations.roles import role_names
-from migrations.runner import (
+from outboxkit.migrations.current import require_current
+from outboxkit.migrations.roles import role_names
+from outboxkit.migrations.runner import (
     DEFAULT_SCHEMA,
     LATEST,
     Migration,

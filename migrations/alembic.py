@@ -1,7 +1,7 @@
 """Apply outboxkit's migrations from one of your own Alembic revisions.
 
     from alembic import op
-    from migrations.alembic import upgrade_outboxkit
+    from outboxkit.migrations.alembic import upgrade_outboxkit
 
     def upgrade() -> None:
         upgrade_outboxkit(op, schema="outboxkit", target=1)
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import psycopg
 
-from migrations.runner import DEFAULT_SCHEMA, Migration, apply_in_transaction
-from outbox.errors import UnsupportedConnection
+from outboxkit.migrations.runner import DEFAULT_SCHEMA, Migration, apply_in_transaction
+from outboxkit.outbox.errors import UnsupportedConnection
 
 
 class AlembicOperations(Protocol):

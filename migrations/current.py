@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from migrations.runner import VERSION_TABLE, available
-from outbox.errors import SchemaNotMigrated
-from outbox.identifiers import check_schema_name
+from outboxkit.migrations.runner import VERSION_TABLE, available
+from outboxkit.outbox.errors import SchemaNotMigrated
+from outboxkit.outbox.identifiers import check_schema_name
 
 
 def pending_problem(applied: Collection[int], schema: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from outbox import db
+from outboxkit.outbox import db
 
 ROLES_TABLE = "outboxkit_roles"
 KINDS = ("writer", "relay", "consumer", "admin")

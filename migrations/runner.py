@@ -13,10 +13,10 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
-from outbox import db
-from outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
-from outbox.identifiers import check_schema_name
-from outbox.limits import text_problem
+from outboxkit.outbox import db
+from outboxkit.outbox.errors import ChecksumMismatch, ConfigurationError, MigrationError
+from outboxkit.outbox.identifiers import check_schema_name
+from outboxkit.outbox.limits import text_problem
 
 DEFAULT_SCHEMA = "outboxkit"
 VERSION_TABLE = "outboxkit_migrations"

@@ -1,6 +1,6 @@
 """Write events in the same transaction as your business rows.
 
-    import outbox
+    from outboxkit import outbox
 
     with psycopg.connect(dsn) as conn:           # a transaction, not autocommit
         conn.execute("INSERT INTO orders …")
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from outbox.errors import (
+from outboxkit.outbox.errors import (
     ChecksumMismatch,
     ConfigurationError,
     DatabaseUnavailable,
@@ -34,10 +34,10 @@ from outbox.errors import (
     TransactionRequired,
     UnsupportedConnection,
 )
-from outbox.ids import uuid7
-from outbox.message import Message
-from outbox.settings import OutboxSettings
-from outbox.writer import Outbox
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
+from outboxkit.outbox.settings import OutboxSettings
+from outboxkit.outbox.writer import Outbox
 
 _default: Outbox | None = None
 

@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from logging import Logger
 from typing import Any, NoReturn
 
-from outbox.errors import ShutdownStuck
+from outboxkit.outbox.errors import ShutdownStuck
 
 CANCEL_GRACE = 5.0  # seconds a cancelled task gets to end before it is left behind
 

@@ -11,16 +11,16 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from outbox.envelope import RESERVED, RESERVED_PREFIX
-from outbox.errors import (
+from outboxkit.outbox.envelope import RESERVED, RESERVED_PREFIX
+from outboxkit.outbox.errors import (
     InvalidHeaders,
     InvalidMessage,
     InvalidTopic,
     PayloadNotSerializable,
     PayloadTooLarge,
 )
-from outbox.ids import uuid7
-from outbox.limits import (
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.limits import (
     MAX_CONTENT_TYPE_BYTES,
     MAX_HEADER_NAME_BYTES,
     MAX_HEADER_VALUE_BYTES,
@@ -30,9 +30,9 @@ from outbox.limits import (
     text_problem,
     utf8_length,
 )
-from outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, Message
-from outbox.settings import OutboxSettings
-from outbox.tracing import current_trace_headers
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, Message
+from outboxkit.outbox.settings import OutboxSettings
+from outboxkit.outbox.tracing import current_trace_headers
 
 # Kept for callers that imported it: a key's limit, in UTF-8 bytes (it was characters).
 MAX_KEY_LENGTH = MAX_KEY_BYTES

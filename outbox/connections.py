@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from outbox.errors import TransactionRequired, UnsupportedConnection
+from outboxkit.outbox.errors import TransactionRequired, UnsupportedConnection
 
 SyncConn = psycopg.Connection[Any]
 AsyncConn = psycopg.AsyncConnection[Any]

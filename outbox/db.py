@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 
-from outbox.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
-from outbox.limits import clean_text
-from outbox.redact import redact_dsn, redact_message
+from outboxkit.outbox.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+from outboxkit.outbox.limits import clean_text
+from outboxkit.outbox.redact import redact_dsn, redact_message
 
 CONNECT_TIMEOUT = 10
 
@@ -59,6 +59,8 @@ def schema_errors(schema: str) -> Iterator[None]:
         raise SchemaNotMigrated(
             f"no outboxkit tables in schema {schema!r}: run `outboxkit migrate`"
         ) from exc
+
+
 def connection_lost(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether `conn` is unusable, as opposed to one statement having failed on it.
 

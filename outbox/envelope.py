@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
-from outbox.errors import InvalidMessage
-from outbox.limits import (
+from outboxkit.outbox.errors import InvalidMessage
+from outboxkit.outbox.limits import (
     MAX_CONTENT_TYPE_BYTES,
     MAX_HEADER_NAME_BYTES,
     MAX_HEADER_VALUE_BYTES,
@@ -28,7 +28,7 @@ from outbox.limits import (
     text_problem,
     utf8_length,
 )
-from outbox.message import JSON_CONTENT_TYPE, Message
+from outboxkit.outbox.message import JSON_CONTENT_TYPE, Message
 
 MESSAGE_ID = "outboxkit-message-id"
 TOPIC = "outboxkit-topic"

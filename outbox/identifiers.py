@@ -8,8 +8,8 @@ log lines, channel names and terminals.
 
 from __future__ import annotations
 
-from outbox.errors import ConfigurationError
-from outbox.limits import text_problem
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.limits import text_problem
 
 # PostgreSQL's NAMEDATALEN - 1: a longer identifier is silently truncated by the server.
 MAX_IDENTIFIER_BYTES = 63

@@ -86,4 +86,3 @@ def _str(value: object) -> str:
         return str(value)
     except Exception as exc:  # noqa: BLE001 - a hostile __str__ must not escape
         return f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
-

@@ -6,7 +6,7 @@ from functools import cache
 
 from psycopg import sql
 
-from outbox import sqlfile
+from outboxkit.outbox import sqlfile
 
 TABLES = ("outbox_messages", "outbox_settings")
 
@@ -14,4 +14,4 @@ TABLES = ("outbox_messages", "outbox_settings")
 @cache
 def bound(schema: str) -> dict[str, sql.Composed]:
     """Queries of `outbox/queries.sql` with table names bound to `schema`."""
-    return sqlfile.bind(sqlfile.load("outbox", "queries.sql"), schema, TABLES)
+    return sqlfile.bind(sqlfile.load("outboxkit.outbox", "queries.sql"), schema, TABLES)

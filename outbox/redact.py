@@ -29,7 +29,7 @@ MASK = "***"
 UNPARSEABLE = "<unparseable DSN>"
 
 # Option names whose values are never secret: the options the broker URL parsers define
-# (outbox/*_url.py, the consumers' extras, the postgresql:// publisher's own), and libpq's
+# (brokers/*/options.py, the consumers' extras, the postgresql:// publisher's own), and libpq's
 # keywords that hold no credential. `password`, `sslpassword`, `passfile`, `options`,
 # `scram_*_key` and `oauth_*` are left out on purpose. tests/unit/test_redact.py checks
 # that every parser option is listed here.

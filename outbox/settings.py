@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from outbox.errors import ConfigurationError
-from outbox.identifiers import check_schema_name
-from outbox.limits import MAX_TOPIC_BYTES
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.identifiers import check_schema_name
+from outboxkit.outbox.limits import MAX_TOPIC_BYTES
 
 DEFAULT_SCHEMA = "outboxkit"
 _CHANNEL_SAFE = re.compile(r"[^A-Za-z0-9_]")

@@ -13,7 +13,7 @@ from importlib import resources
 
 from psycopg import sql
 
-from outbox.identifiers import check_schema_name
+from outboxkit.outbox.identifiers import check_schema_name
 
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 

@@ -11,12 +11,12 @@ from typing import Any
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from outbox.building import build_message
-from outbox.connections import async_connection, check_transactional, sync_connection
-from outbox.errors import InvalidMessage, InvalidTopic, SchemaNotMigrated
-from outbox.message import Message
-from outbox.queries import bound
-from outbox.settings import OutboxSettings
+from outboxkit.outbox.building import build_message
+from outboxkit.outbox.connections import async_connection, check_transactional, sync_connection
+from outboxkit.outbox.errors import InvalidMessage, InvalidTopic, SchemaNotMigrated
+from outboxkit.outbox.message import Message
+from outboxkit.outbox.queries import bound
+from outboxkit.outbox.settings import OutboxSettings
 
 
 class Outbox:

@@ -1,5 +1,8 @@
-"""outboxkit: the command line, the demo and the embedded development servers.
+"""outboxkit: a transactional outbox and inbox for PostgreSQL.
 
-The library itself lives in the top-level packages `outbox` (write API), `relay` (the
-sidecar), `inbox` (consumption) and `migrations` (schema).
+One import root for the whole library: `from outboxkit import outbox, inbox` (the write
+API; consumption), `outboxkit.relay` (the sidecar), `outboxkit.brokers` (one folder per
+broker, the contracts and the scheme registry) and `outboxkit.migrations` (schema). This
+package itself holds the `outboxkit` command line, the demo and the embedded development
+servers.
 """

@@ -7,8 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from outbox.errors import OutboxkitError
 from outboxkit.commands import COMMANDS
+from outboxkit.outbox.errors import OutboxkitError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 
-import migrations
+from outboxkit import migrations
 from outboxkit.demo_counts import STREAM, Counts, counts_reader, watcher
 from outboxkit.devservers import NatsServer, PostgresServer
 

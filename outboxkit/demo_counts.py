@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 
-from outbox.bounded import settle_within
 from outboxkit.devservers import NatsServer
+from outboxkit.outbox.bounded import settle_within
 
 log = logging.getLogger("outboxkit.demo")
 

@@ -10,9 +10,9 @@ from uuid import UUID
 
 import psycopg
 
-from outbox.db import connect, like_pattern, schema_errors
-from outbox.errors import ConfigurationError
-from relay.queries import bound
+from outboxkit.outbox.db import connect, like_pattern, schema_errors
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.relay.queries import bound
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from outbox.backoff import message_backoff
-from outbox.faults import CrashPoints
-from outbox.message import Message
-from relay.brokers.base import Outcome, Publisher
-from relay.metrics import RelayMetrics
-from relay.settings import RelaySettings
+from outboxkit.brokers.publishing import Outcome, Publisher
+from outboxkit.outbox.backoff import message_backoff
+from outboxkit.outbox.faults import CrashPoints
+from outboxkit.outbox.message import Message
+from outboxkit.relay.metrics import RelayMetrics
+from outboxkit.relay.settings import RelaySettings
 
 log = logging.getLogger("outboxkit.relay")
 

@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from outbox.redact import redact_text
-from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relay.metrics import RelayMetrics
+from outboxkit.outbox.redact import redact_text
+from outboxkit.relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from outboxkit.relay.metrics import RelayMetrics
 
 logger = logging.getLogger(__name__)
 

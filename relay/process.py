@@ -6,10 +6,10 @@ import asyncio
 import logging
 import signal
 
-from outbox.bounded import drain, run_or_exit
-from relay.ops_http import OpsServer, Readiness
-from relay.runner import Relay
-from relay.settings import RelaySettings
+from outboxkit.outbox.bounded import drain, run_or_exit
+from outboxkit.relay.ops_http import OpsServer, Readiness
+from outboxkit.relay.runner import Relay
+from outboxkit.relay.settings import RelaySettings
 
 log = logging.getLogger("outboxkit.relay")
 

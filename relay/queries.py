@@ -6,7 +6,7 @@ from functools import cache
 
 from psycopg import sql
 
-from outbox import sqlfile
+from outboxkit.outbox import sqlfile
 
 TABLES = (
     "outbox_messages",
@@ -20,4 +20,4 @@ TABLES = (
 @cache
 def bound(schema: str) -> dict[str, sql.Composed]:
     """Queries of `relay/queries.sql` with table names bound to `schema`."""
-    return sqlfile.bind(sqlfile.load("relay", "queries.sql"), schema, TABLES)
+    return sqlfile.bind(sqlfile.load("outboxkit.relay", "queries.sql"), schema, TABLES)

@@ -12,19 +12,19 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from migrations.current import require_current
-from outbox.backoff import message_backoff
-from outbox.db import aconnect, connection_lost, statement_error
-from outbox.errors import DatabaseUnavailable
-from outbox.faults import CrashPoints
-from outbox.settings import notify_channel
-from relay.brokers import Publisher, create_publisher
-from relay.cycle import Cycle
-from relay.metrics import RelayMetrics
-from relay.ownership import PartitionOwnership
-from relay.queries import bound
-from relay.settings import RelaySettings
-from relay.wakeup import Wakeup
+from outboxkit.brokers import Publisher, create_publisher
+from outboxkit.migrations.current import require_current
+from outboxkit.outbox.backoff import message_backoff
+from outboxkit.outbox.db import aconnect, connection_lost, statement_error
+from outboxkit.outbox.errors import DatabaseUnavailable
+from outboxkit.outbox.faults import CrashPoints
+from outboxkit.outbox.settings import notify_channel
+from outboxkit.relay.cycle import Cycle
+from outboxkit.relay.metrics import RelayMetrics
+from outboxkit.relay.ownership import PartitionOwnership
+from outboxkit.relay.queries import bound
+from outboxkit.relay.settings import RelaySettings
+from outboxkit.relay.wakeup import Wakeup
 
 log = logging.getLogger("outboxkit.relay")
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
-from outbox.db import like_pattern
-from outbox.errors import ConfigurationError
+from outboxkit.outbox.db import like_pattern
+from outboxkit.outbox.errors import ConfigurationError
 
 
 class Semantics(enum.StrEnum):

@@ -7,10 +7,10 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
-from outbox.errors import ConfigurationError
-from outbox.identifiers import check_schema_name
-from outbox.limits import text_problem
-from relay.semantics import Semantics, TopicSemantics
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.identifiers import check_schema_name
+from outboxkit.outbox.limits import text_problem
+from outboxkit.relay.semantics import Semantics, TopicSemantics
 
 # Bytes of UTF-8; the CHECK on outbox_relays.relay_id (migration 0004) holds the same limit.
 MAX_RELAY_ID_BYTES = 255

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from outbox.backoff import message_backoff
+from outboxkit.outbox.backoff import message_backoff
 
 log = logging.getLogger("outboxkit.relay")
 

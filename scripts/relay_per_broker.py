@@ -8,10 +8,9 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import migrations
-import outbox
+from outboxkit import migrations, outbox
 from outboxkit.devservers import PostgresServer
-from relay import Relay, RelaySettings
+from outboxkit.relay import Relay, RelaySettings
 from tests.conformance.cases import load
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 3000

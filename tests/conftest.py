@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-import migrations
+from outboxkit import migrations
 from outboxkit.devservers import PostgresServer
 
 TEMPLATE_DB = "outboxkit_template"

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 from typing import Any
 
-from inbox import ConsumerSettings, Mode, parse_duration, prune
-from inbox.process import load_inbox
-from inbox.process import run as run_consumer
 from outboxkit.commands.options import dsn_option, env_option, schema_option
+from outboxkit.inbox import ConsumerSettings, Mode, parse_duration, prune
+from outboxkit.inbox.process import load_inbox
+from outboxkit.inbox.process import run as run_consumer
 
 
 def register(subparsers: Any) -> None:

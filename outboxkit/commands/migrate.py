@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-import migrations
+from outboxkit import migrations
 from outboxkit.commands.options import dsn_option, env_option, schema_option
 
 

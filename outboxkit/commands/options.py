@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from outbox.identifiers import check_schema_name
+from outboxkit.outbox.identifiers import check_schema_name
 
 
 def env_option(

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from outboxkit.commands.options import dsn_option, env_option, schema_option
-from relay import RelaySettings, TopicSemantics
-from relay import run as run_relay
+from outboxkit.relay import RelaySettings, TopicSemantics
+from outboxkit.relay import run as run_relay
 
 
 def register(subparsers: Any) -> None:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         **options,
     )
     if args.partitions is not None:
-        from relay.admin import set_partitions
+        from outboxkit.relay.admin import set_partitions
 
         set_partitions(args.dsn, args.schema, args.partitions)
     run_relay(settings)

@@ -8,10 +8,10 @@ from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
-from inbox import admin as inbox_admin
-from outbox.errors import ConfigurationError
 from outboxkit.commands.options import dsn_option, schema_option
-from relay import admin
+from outboxkit.inbox import admin as inbox_admin
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.relay import admin
 
 
 def register(subparsers: Any) -> None:

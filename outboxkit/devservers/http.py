@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from inbox.consumers.http import AsgiServer, Receive, Scope, Send
+from outboxkit.brokers.http.consumer import AsgiServer, Receive, Scope, Send
 from outboxkit.devservers.ports import free_port
 
 log = logging.getLogger("outboxkit.spool")

@@ -18,8 +18,8 @@ from typing import Any
 import nats
 import psycopg
 
-from outbox.envelope import KEY, MESSAGE_ID
 from outboxkit.faults.world import STREAM, World
+from outboxkit.outbox.envelope import KEY, MESSAGE_ID
 
 
 @dataclass

@@ -32,13 +32,12 @@ import nats.js.errors
 import psycopg
 from nats.js.api import StreamConfig
 
-import migrations
-import outbox
-from outbox.envelope import MESSAGE_ID
+from outboxkit import migrations, outbox
 from outboxkit.devservers import NatsServer, PostgresServer
 from outboxkit.devservers.freeze import freeze, thaw
 from outboxkit.faults.app import EFFECTS_TABLE
 from outboxkit.faults.proxy import FaultProxy
+from outboxkit.outbox.envelope import MESSAGE_ID
 
 STREAM = "FAULTS"
 MSG_ID = "Nats-Msg-Id"

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import migrations
+from outboxkit import migrations
 from outboxkit.devservers import free_port
 from tests.conftest import Database
 

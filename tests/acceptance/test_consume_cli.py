@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from nats.js.api import ConsumerInfo
 
-import outbox
-from outbox.message import Message
+from outboxkit import outbox
 from outboxkit.devservers import NatsServer
+from outboxkit.outbox.message import Message
 from tests.integration.brokers import unique_stream
 from tests.support.consume_app import EFFECTS_DDL, IN_FLIGHT, ib
 from tests.support.jetstream import consumer_info, deliveries, publish

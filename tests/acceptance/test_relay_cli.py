@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from nats.js.api import StorageType
 
-import outbox
-from outbox.message import Message
+from outboxkit import outbox
 from outboxkit.devservers import NatsServer, free_port
+from outboxkit.outbox.message import Message
 from tests.conftest import Database
 from tests.integration.brokers import unique_stream
 from tests.support.relay_process import (

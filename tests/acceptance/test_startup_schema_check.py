@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-import migrations
-import outbox
+from outboxkit import migrations, outbox
 from tests.conftest import Database
 from tests.support.consume_app import EFFECTS_DDL, ib
 from tests.support.relay_process import RelayProcess, RelayProcesses, run_cli

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from inbox.consumers import Consumer, Subscription, create_consumer
-from outbox.ids import uuid7
-from outbox.message import BYTES_CONTENT_TYPE, Message
-from relay.brokers import Publisher, create_publisher
+from outboxkit.brokers import Consumer, Publisher, Subscription, create_consumer, create_publisher
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, Message
 
 TOPIC_PATTERN = "conf.*"
 

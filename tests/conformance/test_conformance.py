@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from outbox.errors import OutboxkitError
-from outbox.message import Message
-from relay import Relay, RelaySettings
+from outboxkit import outbox
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.outbox.errors import OutboxkitError
+from outboxkit.outbox.message import Message
+from outboxkit.relay import Relay, RelaySettings
 from tests.conformance.cases.base import BrokerCase, BrokerServer
 from tests.conformance.helpers import (
     TOPIC_PATTERN,
@@ -187,7 +187,7 @@ async def test_credentials_never_appear_in_errors_or_logs(
     errors: list[str] = []
     publisher = None
     try:
-        from relay.brokers import create_publisher
+        from outboxkit.brokers import create_publisher
 
         publisher = create_publisher(case.unreachable_url)
         await publisher.connect()

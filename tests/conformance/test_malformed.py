@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from inbox import ConsumerRunner, ConsumerSettings, Inbox, Mode
-from outbox.ids import uuid7
-from outbox.message import Message
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox, Mode
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
 from tests.conformance.cases.base import BrokerCase, BrokerServer
 from tests.conformance.helpers import TOPIC_PATTERN, connected_publisher
 from tests.support import hostile

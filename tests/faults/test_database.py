@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-import outbox
+from outboxkit import outbox
 from outboxkit.faults.checker import check, read_stream
 from outboxkit.faults.world import Production, World
 from tests.faults.conftest import Report

@@ -17,12 +17,17 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from inbox import prune
-from outbox.envelope import CONTENT_TYPE, CREATED_AT, KEY, MESSAGE_ID, TOPIC
-from outbox.errors import InvalidMessage, InvalidTopic, PayloadNotSerializable, PayloadTooLarge
+from outboxkit import outbox
 from outboxkit.faults.checker import check, read_stream
 from outboxkit.faults.world import PREFIX, World
+from outboxkit.inbox import prune
+from outboxkit.outbox.envelope import CONTENT_TYPE, CREATED_AT, KEY, MESSAGE_ID, TOPIC
+from outboxkit.outbox.errors import (
+    InvalidMessage,
+    InvalidTopic,
+    PayloadNotSerializable,
+    PayloadTooLarge,
+)
 from tests.faults.conftest import Report
 from tests.support.waiting import eventually
 

@@ -41,16 +41,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import outbox
-from inbox import Inbox
-from outbox.faults import CrashPoints
-from outbox.message import Message
-from relay.admin import retry_dead_letters
-from relay.brokers.base import Outcome
-from relay.cycle import Cycle
-from relay.metrics import RelayMetrics
-from relay.queries import bound
-from relay.settings import RelaySettings
+from outboxkit import outbox
+from outboxkit.brokers.publishing import Outcome
+from outboxkit.inbox import Inbox
+from outboxkit.outbox.faults import CrashPoints
+from outboxkit.outbox.message import Message
+from outboxkit.relay.admin import retry_dead_letters
+from outboxkit.relay.cycle import Cycle
+from outboxkit.relay.metrics import RelayMetrics
+from outboxkit.relay.queries import bound
+from outboxkit.relay.settings import RelaySettings
 from tests.faults.conftest import Report
 from tests.support.publishers import RecordingPublisher
 

@@ -30,12 +30,12 @@ import nats.js.errors
 import psycopg
 import pytest
 
-import outbox
-from outbox.envelope import CREATED_AT, MESSAGE_ID
+from outboxkit import outbox
 from outboxkit.devservers.ports import free_port
 from outboxkit.devservers.postgres import UNPRIVILEGED_USER
 from outboxkit.faults.checker import check
 from outboxkit.faults.world import STREAM, Process, World
+from outboxkit.outbox.envelope import CREATED_AT, MESSAGE_ID
 from tests.faults.conftest import Report
 from tests.support.waiting import eventually
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from outbox.ids import uuid7
-from outbox.message import BYTES_CONTENT_TYPE, Message
 from outboxkit.devservers import NatsServer, PostgresServer
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, Message
 from tests.conftest import Database, new_database
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-import migrations
+from outboxkit import migrations
 from outboxkit.devservers import PostgresServer
 from outboxkit.devservers.postgres import _bin_dir
 

@@ -12,8 +12,8 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
-import migrations
-from outbox.errors import UnsupportedConnection
+from outboxkit import migrations
+from outboxkit.outbox.errors import UnsupportedConnection
 from tests.conftest import Database
 
 ENV_PY = """\
@@ -38,7 +38,7 @@ REVISION_PY = """\
 import sqlalchemy as sa
 from alembic import op
 
-from migrations.alembic import upgrade_outboxkit
+from outboxkit.migrations.alembic import upgrade_outboxkit
 
 revision = "0001_service"
 down_revision = None

@@ -9,11 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-import migrations
-import outbox
-from outbox.errors import InvalidMessage, InvalidTopic, MigrationError
-from outbox.ids import uuid7
-from outbox.message import Message
+from outboxkit import migrations, outbox
+from outboxkit.outbox.errors import InvalidMessage, InvalidTopic, MigrationError
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
 from tests.conftest import Database
 from tests.integration.regenerate_schema import SCHEMA_FILE, dump_schema
 

@@ -18,20 +18,20 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox, Mode
-from inbox.consumers import Delivery, Subscription, create_consumer
-from inbox.consumers.nats import (
+from outboxkit import outbox
+from outboxkit.brokers import Delivery, Subscription, create_consumer
+from outboxkit.brokers.nats.consumer import (
     NatsConsumer,
     durable_name,
     filter_subjects,
     parse_url,
     subject_filter,
 )
-from outbox.envelope import to_headers
-from outbox.errors import BrokerUnavailable, ConfigurationError
-from outbox.message import Message
 from outboxkit.devservers import NatsServer, free_port
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox, Mode
+from outboxkit.outbox.envelope import to_headers
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError
+from outboxkit.outbox.message import Message
 from tests.integration.brokers import sample_messages, unique_stream
 from tests.support.jetstream import consumer_info, deliveries, publish, publish_raw
 from tests.support.waiting import eventually
@@ -376,7 +376,7 @@ async def test_topic_filter_keeps_other_topics_on_the_broker(broker: Broker, dsn
 async def test_wider_filter_is_narrowed_client_side(
     broker: Broker, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="inbox.consumers.nats")
+    caplog.set_level(logging.DEBUG, logger="outboxkit.brokers.nats.consumer")
     ib = recording_inbox("*.created")
     await publish(
         broker.publisher_url, orders(1, "payments.refunded") + orders(1, "orders.created")
@@ -504,7 +504,7 @@ async def test_missing_stream_without_create_is_a_clear_error(broker: Broker) ->
 async def test_fetch_times_out_empty_and_late_acks_do_not_raise(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="inbox.consumers.nats")
+    caplog.set_level(logging.WARNING, logger="outboxkit.brokers.nats.consumer")
     subscription = Subscription("billing", ["orders.*"])
     url = broker.consumer_url(ack_wait=1)
     consumer = create_consumer(url, subscription)

@@ -27,20 +27,20 @@ import httpx
 import psycopg
 import pytest
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from inbox.consumers import Subscription, create_consumer
-from inbox.consumers import http as http_consumer
-from inbox.consumers.http import AsgiServer, HttpConsumer, Receive, Scope, Send, webhook_app
-from outbox import http_url
-from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
-from outbox.http_signature import Verifier, signature_headers
-from outbox.ids import uuid7
-from outbox.message import BYTES_CONTENT_TYPE, Message
+from outboxkit import outbox
+from outboxkit.brokers import Outcome, Subscription, create_consumer, create_publisher
+from outboxkit.brokers.http import consumer as http_consumer
+from outboxkit.brokers.http import options as http_url
+from outboxkit.brokers.http.consumer import AsgiServer, HttpConsumer, Receive, Scope, Send
+from outboxkit.brokers.http.publisher import HttpPublisher
+from outboxkit.brokers.http.signature import Verifier, signature_headers
 from outboxkit.devservers.ports import free_port
-from relay import Relay, RelaySettings
-from relay.brokers import Outcome, create_publisher
-from relay.brokers.http import HttpPublisher
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.inbox.webhook import webhook_app
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, Message
+from outboxkit.relay import Relay, RelaySettings
 from tests.integration.brokers import sample_messages
 from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually

@@ -23,16 +23,16 @@ import httpx
 import psycopg
 import pytest
 
-import migrations
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from inbox.consumers import Subscription, create_consumer
-from inbox.consumers.http import AsgiServer, Receive, Scope, Send, webhook_app
-from inbox.settings import Mode
-from outbox import http_url
-from outbox.errors import ConfigurationError
-from outbox.message import Message
+from outboxkit import migrations, outbox
+from outboxkit.brokers import Subscription, create_consumer
+from outboxkit.brokers.http import options as http_url
+from outboxkit.brokers.http.consumer import AsgiServer, Receive, Scope, Send
 from outboxkit.devservers.ports import free_port
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.inbox.settings import Mode
+from outboxkit.inbox.webhook import webhook_app
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.message import Message
 from tests.conftest import Database
 from tests.integration.test_http import listening, publisher
 from tests.support import hostile
@@ -235,7 +235,7 @@ async def test_a_receiver_without_credentials_refuses_to_start(
         webhook_app(effect_inbox(), ConsumerSettings(dsn=dead, broker_url="http://0.0.0.0:80/"))
     # A Basic user is credentials too; an explicit opt-out starts, with a warning.
     assert create_consumer("http://u:p@127.0.0.1:1/hooks", Subscription("c", ["*"])) is not None
-    caplog.set_level(logging.WARNING, logger="inbox.consumers.http")
+    caplog.set_level(logging.WARNING, logger="outboxkit.brokers.http.consumer")
     async with listening(consumer_url(free_port(), INSECURE)):
         pass
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -542,9 +542,7 @@ async def test_a_statement_failing_on_a_live_connection_is_a_503_and_the_receive
     try:
         async with serving(app) as server, httpx.AsyncClient(timeout=GUARD) as client:
             base = f"http://127.0.0.1:{server.port}/hooks"
-            poisoned = await client.post(
-                f"{base}/poison", content=message.payload, headers=headers
-            )
+            poisoned = await client.post(f"{base}/poison", content=message.payload, headers=headers)
             assert poisoned.status_code == 503, poisoned.text
             assert poisoned.json()["status"] == "database error", poisoned.text
             handled = await client.post(
@@ -564,9 +562,7 @@ async def test_a_mounted_webhook_app_refuses_a_schema_missing_a_migration(
     """A mounted app gets no lifespan events: the first authenticated request checks the
     schema like a relay or a consumer at start-up, and a 503 asks the sender to come back."""
     migrations.apply(empty_db.dsn, target=migrations.LATEST - 1)
-    app = webhook_app(
-        effect_inbox(), settings(empty_db.dsn, f"http://ignored/?{INSECURE}")
-    )
+    app = webhook_app(effect_inbox(), settings(empty_db.dsn, f"http://ignored/?{INSECURE}"))
     message = outbox.message("orders.created", {"n": 1})
     try:
         async with serving(app) as server, httpx.AsyncClient(timeout=GUARD) as client:

@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from inbox import Inbox, NoHandler
-from outbox.message import Message
+from outboxkit import outbox
+from outboxkit.inbox import Inbox, NoHandler
+from outboxkit.outbox.message import Message
 
 
 def make_inbox(effects_table: str = "invoices") -> Inbox:

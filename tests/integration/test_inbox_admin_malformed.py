@@ -8,12 +8,12 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from inbox import Inbox
-from inbox import admin as inbox_admin
-from inbox.slots import Slot
-from outbox.envelope import Malformed
-from outbox.message import Message
+from outboxkit import outbox
+from outboxkit.inbox import Inbox
+from outboxkit.inbox import admin as inbox_admin
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.envelope import Malformed
+from outboxkit.outbox.message import Message
 from tests.integration.test_inbox_durable import settings as durable_settings
 
 

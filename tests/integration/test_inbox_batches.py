@@ -13,10 +13,10 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from inbox import ConsumerSettings, Inbox
-from inbox.slots import Slot
-from outbox.ids import uuid7
-from outbox.message import Message
+from outboxkit.inbox import ConsumerSettings, Inbox
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
 
 POISON = b'{"poison": true}'
 SWALLOW = b'{"swallow": true}'  # the handler catches its own SQL error and carries on

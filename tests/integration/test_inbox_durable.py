@@ -10,11 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox, Mode, prune
-from inbox import admin as inbox_admin
-from inbox.slots import Slot
-from outbox.message import Message
+from outboxkit import outbox
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox, Mode, prune
+from outboxkit.inbox import admin as inbox_admin
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.message import Message
 from tests.support.waiting import eventually
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from inbox import Inbox, Mode
-from inbox.slots import Slot
-from outbox.limits import MAX_ERROR_BYTES, text_problem, utf8_length
-from outbox.message import Message
+from outboxkit import outbox
 from outboxkit.devservers import NatsServer
+from outboxkit.inbox import Inbox, Mode
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.limits import MAX_ERROR_BYTES, text_problem, utf8_length
+from outboxkit.outbox.message import Message
 from tests.integration.brokers import unique_stream
 from tests.integration.test_consumer_nats import DEAD, Broker, counted, one_row, running
 from tests.integration.test_consumer_nats import settings as nats_settings

@@ -14,10 +14,10 @@ from typing import Any
 
 import psycopg
 
-from inbox import ConsumerSettings, Inbox
-from inbox.slots import Slot
-from outbox.ids import uuid7
-from outbox.message import Message
+from outboxkit.inbox import ConsumerSettings, Inbox
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
 
 ib = Inbox(consumer="lock-order")
 

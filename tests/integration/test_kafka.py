@@ -19,20 +19,20 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from inbox.consumers import Subscription
-from inbox.consumers.kafka import KafkaConsumer, KafkaDelivery, subscription_topics
-from inbox.consumers.kafka import create as create_consumer
-from inbox.consumers.kafka import parse_url as parse_consumer_url
-from outbox.envelope import MESSAGE_ID, TOPIC
-from outbox.errors import BrokerUnavailable, ConfigurationError
-from outbox.kafka_url import parse_url, sanitize, topic_regex
-from outbox.message import Message
+from outboxkit import outbox
+from outboxkit.brokers import Subscription
+from outboxkit.brokers.kafka.consumer import KafkaConsumer, KafkaDelivery, subscription_topics
+from outboxkit.brokers.kafka.consumer import create as create_consumer
+from outboxkit.brokers.kafka.consumer import parse_url as parse_consumer_url
+from outboxkit.brokers.kafka.options import parse_url, sanitize, topic_regex
+from outboxkit.brokers.kafka.publisher import KafkaPublisher
+from outboxkit.brokers.kafka.publisher import create as create_publisher
+from outboxkit.brokers.kafka.publisher import parse_url as parse_publisher_url
 from outboxkit.devservers.kafka import TansuServer
-from relay.brokers.kafka import KafkaPublisher
-from relay.brokers.kafka import create as create_publisher
-from relay.brokers.kafka import parse_url as parse_publisher_url
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.outbox.envelope import MESSAGE_ID, TOPIC
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError
+from outboxkit.outbox.message import Message
 from tests.integration.brokers import sample_messages
 from tests.support.waiting import eventually
 

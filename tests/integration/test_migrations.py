@@ -13,9 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import migrations
-import outbox
-from migrations.runner import VERSION_TABLE, Migration
+from outboxkit import migrations, outbox
+from outboxkit.migrations.runner import VERSION_TABLE, Migration
 from tests.conftest import Database
 from tests.integration.regenerate_schema import SCHEMA_FILE, dump_schema
 
@@ -150,7 +149,7 @@ CHILD = """\
 import json, sys, time
 from pathlib import Path
 
-import migrations
+from outboxkit import migrations
 
 ready, go, dsn = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 ready.touch()
@@ -265,4 +264,3 @@ def test_a_target_that_is_not_shipped_applies_nothing_and_says_so(
         migrations.apply_in_transaction(conn, target=target)
 
     assert empty_admin.execute("SELECT to_regnamespace('outboxkit')").fetchone() == (None,)
-

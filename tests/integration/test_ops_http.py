@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from relay.metrics import CONTENT_TYPE, RelayMetrics
-from relay.ops_http import OpsServer, Readiness
+from outboxkit.relay.metrics import CONTENT_TYPE, RelayMetrics
+from outboxkit.relay.ops_http import OpsServer, Readiness
 
 HOST = "127.0.0.1"
 

@@ -17,19 +17,18 @@ import pytest
 from psycopg import sql
 from psycopg.errors import CheckViolation, InsufficientPrivilege
 
-import migrations
-import outbox
-from inbox import ConsumerSettings, Inbox, Mode, prune
-from inbox import admin as inbox_admin
-from inbox.slots import Slot
-from outbox.building import MAX_DELAY
-from outbox.message import Message
+from outboxkit import migrations, outbox
+from outboxkit.brokers.publishing import Outcome
 from outboxkit.cli import main as cli
 from outboxkit.devservers import PostgresServer
-from relay import Relay, RelaySettings
-from relay import admin as relay_admin
-from relay.brokers.base import Outcome
-from relay.semantics import TopicSemantics
+from outboxkit.inbox import ConsumerSettings, Inbox, Mode, prune
+from outboxkit.inbox import admin as inbox_admin
+from outboxkit.inbox.slots import Slot
+from outboxkit.outbox.building import MAX_DELAY
+from outboxkit.outbox.message import Message
+from outboxkit.relay import Relay, RelaySettings
+from outboxkit.relay import admin as relay_admin
+from outboxkit.relay.semantics import TopicSemantics
 from tests.conftest import Database, new_database
 from tests.support.logins import Login, act_as, login, role
 from tests.support.publishers import RecordingPublisher

@@ -7,15 +7,15 @@ import asyncio
 
 import pytest
 
-from inbox import Inbox
-from inbox.process import serve as serve_consumer
-from inbox.runner import ConsumerRunner
-from inbox.settings import ConsumerSettings
-from outbox import bounded
-from outbox.errors import ShutdownStuck
 from outboxkit.devservers import NatsServer
-from relay import Relay, RelaySettings
-from relay import serve as serve_relay
+from outboxkit.inbox import Inbox
+from outboxkit.inbox.process import serve as serve_consumer
+from outboxkit.inbox.runner import ConsumerRunner
+from outboxkit.inbox.settings import ConsumerSettings
+from outboxkit.outbox import bounded
+from outboxkit.outbox.errors import ShutdownStuck
+from outboxkit.relay import Relay, RelaySettings
+from outboxkit.relay import serve as serve_relay
 from tests.integration.brokers import unique_stream
 from tests.support.cancellation import Swallowing
 

@@ -15,13 +15,13 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, StreamConfig
 
-from outbox.envelope import from_headers
-from outbox.errors import BrokerUnavailable, ConfigurationError
-from outbox.ids import uuid7
+from outboxkit.brokers import create_publisher
+from outboxkit.brokers.nats.publisher import MSG_ID, NatsPublisher, subject_matches
 from outboxkit.devservers import NatsServer, free_port
 from outboxkit.devservers.nats import _binary
-from relay.brokers import create_publisher
-from relay.brokers.nats import MSG_ID, NatsPublisher, subject_matches
+from outboxkit.outbox.envelope import from_headers
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError
+from outboxkit.outbox.ids import uuid7
 from tests.integration.brokers import sample_messages, unique_stream
 
 PASSWORD = "p@ss:w/rd%"

@@ -14,10 +14,10 @@ from dataclasses import replace
 
 import pytest
 
-from outbox.message import BYTES_CONTENT_TYPE
+from outboxkit.brokers.nats.publisher import NatsPublisher, create
 from outboxkit.devservers import NatsServer
 from outboxkit.faults.proxy import FaultProxy
-from relay.brokers.nats import NatsPublisher, create
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE
 from tests.integration.brokers import sample_messages, unique_stream
 from tests.support.publishers import publish_until_acked
 

@@ -10,13 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-import migrations
-from outbox.envelope import to_headers
-from outbox.errors import BrokerUnavailable, ConfigurationError, SchemaNotMigrated
-from outbox.ids import uuid7
+from outboxkit import migrations
+from outboxkit.brokers import create_publisher
+from outboxkit.brokers.postgres.publisher import PostgresPublisher
 from outboxkit.devservers import free_port
-from relay.brokers import create_publisher
-from relay.brokers.postgres import PostgresPublisher
+from outboxkit.outbox.envelope import to_headers
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError, SchemaNotMigrated
+from outboxkit.outbox.ids import uuid7
 from tests.conftest import Database
 from tests.integration.brokers import sample_messages
 

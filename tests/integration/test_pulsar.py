@@ -20,19 +20,19 @@ import psycopg
 import pulsar
 import pytest
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from inbox.consumers import Subscription
-from inbox.consumers.pulsar import PulsarConsumer, PulsarDelivery, subscription_target
-from inbox.consumers.pulsar import create as create_consumer
-from inbox.consumers.pulsar import parse_url as parse_consumer_url
-from outbox.errors import BrokerUnavailable, ConfigurationError
-from outbox.message import Message
-from outbox.pulsar_url import FRAME_PADDING, parse_url, sanitize, topic_regex
+from outboxkit import outbox
+from outboxkit.brokers import Subscription
+from outboxkit.brokers.pulsar.consumer import PulsarConsumer, PulsarDelivery, subscription_target
+from outboxkit.brokers.pulsar.consumer import create as create_consumer
+from outboxkit.brokers.pulsar.consumer import parse_url as parse_consumer_url
+from outboxkit.brokers.pulsar.options import FRAME_PADDING, parse_url, sanitize, topic_regex
+from outboxkit.brokers.pulsar.publisher import PulsarPublisher, client_logger
+from outboxkit.brokers.pulsar.publisher import create as create_publisher
+from outboxkit.brokers.pulsar.publisher import parse_url as parse_publisher_url
 from outboxkit.devservers.pulsar import PulsarLiteServer
-from relay.brokers.pulsar import PulsarPublisher, client_logger
-from relay.brokers.pulsar import create as create_publisher
-from relay.brokers.pulsar import parse_url as parse_publisher_url
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError
+from outboxkit.outbox.message import Message
 from tests.integration.brokers import sample_messages
 from tests.support.publishers import publish_until_acked
 from tests.support.waiting import eventually
@@ -603,7 +603,7 @@ async def _count(dsn: str) -> int:
 async def test_least_recently_used_producers_are_closed(
     lite: PulsarLiteServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("relay.brokers.pulsar._MAX_PRODUCERS", 2)
+    monkeypatch.setattr("outboxkit.brokers.pulsar.publisher._MAX_PRODUCERS", 2)
     publisher = create_publisher(url_for(lite, fresh_prefix()))
     assert isinstance(publisher, PulsarPublisher)
     await publisher.connect()

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import outbox
-from inbox import Inbox
-from relay.queries import bound as relay_queries
+from outboxkit import outbox
+from outboxkit.inbox import Inbox
+from outboxkit.relay.queries import bound as relay_queries
 from tests.support.logins import act_as, login, role
 
 BACKLOG = 20_000

@@ -23,18 +23,22 @@ import psycopg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from inbox.consumers import Subscription, create_consumer
-from inbox.consumers.rabbitmq import ATTEMPT, DelayBand, RabbitMQConsumer, RabbitMQDelivery
-from outbox.envelope import to_headers
-from outbox.errors import BrokerUnavailable, ConfigurationError
-from outbox.ids import uuid7
-from outbox.message import Message
-from outbox.rabbitmq_url import binding_key, binding_keys, parse_url
+from outboxkit import outbox
+from outboxkit.brokers import Outcome, Subscription, create_consumer, create_publisher
+from outboxkit.brokers.rabbitmq.consumer import (
+    ATTEMPT,
+    DelayBand,
+    RabbitMQConsumer,
+    RabbitMQDelivery,
+)
+from outboxkit.brokers.rabbitmq.options import binding_key, binding_keys, parse_url
+from outboxkit.brokers.rabbitmq.publisher import RabbitMQPublisher
 from outboxkit.devservers.rabbitmq import MAX_MESSAGE_BYTES, RabbitMQServer
-from relay.brokers import Outcome, create_publisher
-from relay.brokers.rabbitmq import RabbitMQPublisher
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.outbox.envelope import to_headers
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import Message
 from tests.integration.brokers import sample_messages
 from tests.support.waiting import eventually
 

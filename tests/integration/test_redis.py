@@ -17,18 +17,17 @@ import psycopg
 import pytest
 import redis.asyncio
 
-import outbox
-from inbox import ConsumerRunner, ConsumerSettings, Inbox
-from inbox.consumers import Delivery, Subscription, create_consumer
-from inbox.consumers.redis import RedisConsumer
-from outbox.envelope import to_headers
-from outbox.errors import BrokerUnavailable, ConfigurationError
-from outbox.message import Message
-from outbox.redis_url import PAYLOAD_FIELD, parse_url
+from outboxkit import outbox
+from outboxkit.brokers import Delivery, Subscription, create_consumer, create_publisher
+from outboxkit.brokers.redis.consumer import RedisConsumer
+from outboxkit.brokers.redis.options import PAYLOAD_FIELD, parse_url
+from outboxkit.brokers.redis.publisher import RedisPublisher
 from outboxkit.devservers import free_port
 from outboxkit.devservers.redis import RedisServer
-from relay.brokers import create_publisher
-from relay.brokers.redis import RedisPublisher
+from outboxkit.inbox import ConsumerRunner, ConsumerSettings, Inbox
+from outboxkit.outbox.envelope import to_headers
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError
+from outboxkit.outbox.message import Message
 from tests.conftest import in_ci
 from tests.integration.brokers import sample_messages
 from tests.support.publishers import publish_until_acked
@@ -342,7 +341,7 @@ async def test_empty_batch_and_double_close(server: RedisServer, stream: str) ->
 async def test_group_reads_history_and_filters_topics(
     server: RedisServer, stream: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="inbox.consumers.redis")
+    caplog.set_level(logging.DEBUG, logger="outboxkit.brokers.redis.consumer")
     wanted = sample_messages(10)  # order.created and order.created.N
     others = [outbox.message("payment.settled", {"n": n}) for n in range(5)]
     url = url_for(server, stream)

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from outbox.message import Message
-from relay import Relay, RelaySettings, TopicSemantics, admin
-from relay.brokers.base import Outcome
+from outboxkit import outbox
+from outboxkit.brokers.publishing import Outcome
+from outboxkit.outbox.message import Message
+from outboxkit.relay import Relay, RelaySettings, TopicSemantics, admin
 from tests.support.publishers import RecordingPublisher
 from tests.support.waiting import eventually
 
@@ -223,7 +223,7 @@ async def test_repartitioning_keeps_keys_together(dsn: str) -> None:
 
 
 async def test_start_refuses_an_unmigrated_database(empty_db: Any) -> None:
-    from outbox.errors import SchemaNotMigrated
+    from outboxkit.outbox.errors import SchemaNotMigrated
 
     with pytest.raises(SchemaNotMigrated):
         await Relay(settings(empty_db.dsn), publisher=RecordingPublisher()).start()

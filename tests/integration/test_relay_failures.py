@@ -19,11 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
-import outbox
-from outbox.limits import MAX_ERROR_BYTES, text_problem, utf8_length
-from outbox.message import Message
-from relay import Relay, RelaySettings
-from relay.brokers.base import Outcome
+from outboxkit import outbox
+from outboxkit.brokers.publishing import Outcome
+from outboxkit.outbox.limits import MAX_ERROR_BYTES, text_problem, utf8_length
+from outboxkit.outbox.message import Message
+from outboxkit.relay import Relay, RelaySettings
 from tests.integration.test_http import Endpoint, Seen
 from tests.support.publishers import RecordingPublisher
 from tests.support.waiting import eventually

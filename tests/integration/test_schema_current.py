@@ -7,8 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-import migrations
-import outbox
+from outboxkit import migrations, outbox
 from tests.conftest import Database
 from tests.support import logins
 

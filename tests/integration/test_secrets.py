@@ -18,16 +18,16 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-import outbox
-from inbox.consumers.http import AsgiServer, Receive, Scope, Send
-from inbox.inbox import Inbox
-from inbox.runner import ConsumerRunner
-from inbox.settings import ConsumerSettings
-from outbox.errors import BrokerUnavailable
+from outboxkit import outbox
+from outboxkit.brokers.http.consumer import AsgiServer, Receive, Scope, Send
 from outboxkit.devservers import free_port
-from relay.process import serve
-from relay.runner import Relay
-from relay.settings import RelaySettings
+from outboxkit.inbox.inbox import Inbox
+from outboxkit.inbox.runner import ConsumerRunner
+from outboxkit.inbox.settings import ConsumerSettings
+from outboxkit.outbox.errors import BrokerUnavailable
+from outboxkit.relay.process import serve
+from outboxkit.relay.runner import Relay
+from outboxkit.relay.settings import RelaySettings
 from tests.support.secrets import SECRET, SECRET_QUERY_NAMES
 from tests.support.waiting import eventually
 

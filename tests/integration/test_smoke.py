@@ -1,6 +1,6 @@
 import psycopg
 
-import outbox
+from outboxkit import outbox
 
 
 def test_write_commits_with_the_business_transaction(

@@ -21,15 +21,14 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
-import outbox
-from inbox.consumers import Subscription, create_consumer
-from inbox.consumers.sqs import SqsConsumer, SqsDelivery, _plan
-from outbox import sqs_url
-from outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
-from outbox.message import BYTES_CONTENT_TYPE, Message
+from outboxkit import outbox
+from outboxkit.brokers import Subscription, create_consumer, create_publisher
+from outboxkit.brokers.sqs import options as sqs_url
+from outboxkit.brokers.sqs.consumer import SqsConsumer, SqsDelivery, _plan
+from outboxkit.brokers.sqs.publisher import SqsPublisher, entry_outcome
 from outboxkit.devservers.sqs import ACCESS_KEY, REGION, SECRET_KEY, SqsServer
-from relay.brokers import create_publisher
-from relay.brokers.sqs import SqsPublisher, entry_outcome
+from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, Message
 from tests.conformance import test_conformance as conformance
 from tests.conformance.cases.sqs import CASE
 from tests.conformance.helpers import messages

@@ -20,8 +20,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-import outbox
-from outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, Message
+from outboxkit import outbox
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, Message
 from tests.conftest import Database
 
 Admin = psycopg.Connection[tuple[Any, ...]]

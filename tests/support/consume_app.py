@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from inbox import Inbox
-from outbox.message import Message
+from outboxkit.inbox import Inbox
+from outboxkit.outbox.message import Message
 
 EFFECTS_DDL = "CREATE TABLE consume_effects (message_id uuid NOT NULL, n int NOT NULL)"
 IN_FLIGHT = (

@@ -56,9 +56,7 @@ class Outcome:
 
 
 @contextmanager
-def attempt(
-    parser: str, *, refused: tuple[type[BaseException], ...] = ()
-) -> Iterator[Outcome]:
+def attempt(parser: str, *, refused: tuple[type[BaseException], ...] = ()) -> Iterator[Outcome]:
     """Run one hostile input through `parser`; see the module docstring."""
     counts = _tally.setdefault(parser, Counts())
     counts.tried += 1

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 import nats
 from nats.js.api import ConsumerInfo
 
-from outbox.message import Message
-from relay.brokers import create_publisher
+from outboxkit.brokers import create_publisher
+from outboxkit.outbox.message import Message
 
 
 async def publish(url: str, messages: Sequence[Message], *, within: float = 30.0) -> None:

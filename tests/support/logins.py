@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-import migrations
+from outboxkit import migrations
 
 
 @dataclass(frozen=True)

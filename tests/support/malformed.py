@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from outbox.envelope import (
+from outboxkit.outbox.envelope import (
     CONTENT_TYPE,
     CREATED_AT,
     KEY,
@@ -26,7 +26,7 @@ from outbox.envelope import (
     TOPIC,
     Malformed,
 )
-from outbox.limits import (
+from outboxkit.outbox.limits import (
     MAX_CONTENT_TYPE_BYTES,
     MAX_ERROR_BYTES,
     MAX_HEADER_NAME_BYTES,
@@ -38,7 +38,7 @@ from outbox.limits import (
     text_problem,
     utf8_length,
 )
-from outbox.message import Message
+from outboxkit.outbox.message import Message
 
 RAW_TOPIC = "conf.raw"  # the topic (destination) the conformance suite sends the corpus on
 

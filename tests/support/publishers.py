@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from outbox.message import Message
-from relay.brokers.base import Capabilities, Outcome, Publisher
+from outboxkit.brokers.publishing import Capabilities, Outcome, Publisher
+from outboxkit.outbox.message import Message
 
 Script = Callable[[Message], Outcome | None]
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from outbox.envelope import KEY, TOPIC
+from outboxkit.outbox.envelope import KEY, TOPIC
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "outboxkit.cli")

@@ -7,8 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inbox.consumers import nats as nats_consumer
-from outbox import http_url, kafka_url, nats_url, pulsar_url, rabbitmq_url, redis_url, sqs_url
+from outboxkit.brokers.http import options as http_url
+from outboxkit.brokers.kafka import options as kafka_url
+from outboxkit.brokers.nats import consumer as nats_consumer
+from outboxkit.brokers.nats import options as nats_url
+from outboxkit.brokers.pulsar import options as pulsar_url
+from outboxkit.brokers.rabbitmq import options as rabbitmq_url
+from outboxkit.brokers.redis import options as redis_url
+from outboxkit.brokers.sqs import options as sqs_url
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from outbox import bounded
-from outbox.bounded import drain, stop_task
-from outbox.errors import ShutdownStuck
+from outboxkit.outbox import bounded
+from outboxkit.outbox.bounded import drain, stop_task
+from outboxkit.outbox.errors import ShutdownStuck
 from tests.support.cancellation import Swallowing
 
 log = logging.getLogger("tests.bounded")
@@ -78,7 +78,7 @@ async def test_drain_raises_shutdown_stuck_for_a_task_left_behind(
 _STUCK_PROCESS = textwrap.dedent(
     """
     import asyncio, logging
-    from outbox import bounded
+    from outboxkit.outbox import bounded
 
     bounded.CANCEL_GRACE = 0.1
     logging.basicConfig(level=logging.INFO)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import outbox
-from outbox.building import MAX_DELAY
-from outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE
+from outboxkit import outbox
+from outboxkit.outbox.building import MAX_DELAY
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE
 
 
 def test_json_payload_is_compact_utf8() -> None:

@@ -9,11 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import outbox
-from inbox import Inbox
-from inbox.failures import error_text
-from outbox.errors import ConfigurationError, InvalidHeaders, InvalidMessage, InvalidTopic
-from outbox.limits import (
+from outboxkit import outbox
+from outboxkit.brokers.postgres.publisher import create as postgres_publisher
+from outboxkit.brokers.publishing import Outcome
+from outboxkit.inbox import Inbox
+from outboxkit.inbox.failures import error_text
+from outboxkit.outbox.errors import ConfigurationError, InvalidHeaders, InvalidMessage, InvalidTopic
+from outboxkit.outbox.limits import (
     MAX_ERROR_BYTES,
     MAX_HEADER_NAME_BYTES,
     MAX_HEADER_VALUE_BYTES,
@@ -24,10 +26,8 @@ from outbox.limits import (
     text_problem,
     utf8_length,
 )
-from outbox.settings import OutboxSettings
-from relay import RelaySettings
-from relay.brokers.base import Outcome
-from relay.brokers.postgres import create as postgres_publisher
+from outboxkit.outbox.settings import OutboxSettings
+from outboxkit.relay import RelaySettings
 from tests.support import hostile
 
 EMOJI = "\U0001f600"  # four bytes of UTF-8

@@ -21,13 +21,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
-from inbox.consumers import kafka, nats, pulsar, rabbitmq, redis, sqs
-from outbox import envelope
-from outbox.envelope import Malformed
-from outbox.kafka_url import parse_url as kafka_options
-from outbox.message import Message
-from outbox.redis_url import PAYLOAD_FIELD
-from outbox.sqs_url import ATTRIBUTE
+from outboxkit.brokers.kafka import consumer as kafka
+from outboxkit.brokers.kafka.options import parse_url as kafka_options
+from outboxkit.brokers.nats import consumer as nats
+from outboxkit.brokers.pulsar import consumer as pulsar
+from outboxkit.brokers.rabbitmq import consumer as rabbitmq
+from outboxkit.brokers.redis import consumer as redis
+from outboxkit.brokers.redis.options import PAYLOAD_FIELD
+from outboxkit.brokers.sqs import consumer as sqs
+from outboxkit.brokers.sqs.options import ATTRIBUTE
+from outboxkit.outbox import envelope
+from outboxkit.outbox.envelope import Malformed
+from outboxkit.outbox.message import Message
 from tests.support import hostile
 from tests.support.malformed import (
     Bad,
@@ -102,12 +107,16 @@ def _pulsar(fields: Mapping[Any, Any], payload: bytes) -> Message | Malformed:
 Decoder = Callable[[Mapping[Any, Any], bytes], Message | Malformed]
 # name, decoder, whether its client carries only text
 DECODERS: list[tuple[str, Decoder, bool]] = [
-    ("NATS message decoding (inbox.consumers.nats.decode)", _nats, True),
-    ("Kafka record decoding (inbox.consumers.kafka.decode)", _kafka, False),
-    ("AMQP delivery decoding (inbox.consumers.rabbitmq.decode_amqp)", _amqp, False),
-    ("Redis entry decoding (inbox.consumers.redis.decode_entry)", _redis, False),
-    ("SQS message decoding (inbox.consumers.sqs.decode_sqs)", _sqs, False),
-    ("Pulsar message decoding (inbox.consumers.pulsar.decode_properties)", _pulsar, True),
+    ("NATS message decoding (outboxkit.brokers.nats.consumer.decode)", _nats, True),
+    ("Kafka record decoding (outboxkit.brokers.kafka.consumer.decode)", _kafka, False),
+    ("AMQP delivery decoding (outboxkit.brokers.rabbitmq.consumer.decode_amqp)", _amqp, False),
+    ("Redis entry decoding (outboxkit.brokers.redis.consumer.decode_entry)", _redis, False),
+    ("SQS message decoding (outboxkit.brokers.sqs.consumer.decode_sqs)", _sqs, False),
+    (
+        "Pulsar message decoding (outboxkit.brokers.pulsar.consumer.decode_properties)",
+        _pulsar,
+        True,
+    ),
 ]
 _ids = [name.split(" ")[0] for name, _, _ in DECODERS]
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-import outbox
-from outbox import envelope
-from outbox.message import JSON_CONTENT_TYPE, Message
+from outboxkit import outbox
+from outboxkit.outbox import envelope
+from outboxkit.outbox.message import JSON_CONTENT_TYPE, Message
 
 
 def written(message: Message) -> Message:

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import outbox
-from outbox.envelope import from_headers, to_headers
-from outbox.errors import InvalidMessage
+from outboxkit import outbox
+from outboxkit.outbox.envelope import from_headers, to_headers
+from outboxkit.outbox.errors import InvalidMessage
 from tests.support import hostile
 
 texts = st.text(min_size=1, max_size=300) | st.sampled_from(["order-1", "é" * 600, "😀" * 300])

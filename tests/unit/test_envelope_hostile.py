@@ -11,12 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import outbox
-from outbox import envelope
-from outbox.envelope import Malformed, MalformedEnvelope, from_headers, native_text, salvage
-from outbox.errors import InvalidMessage
-from outbox.limits import MAX_HEADERS
-from outbox.message import Message
+from outboxkit import outbox
+from outboxkit.outbox import envelope
+from outboxkit.outbox.envelope import (
+    Malformed,
+    MalformedEnvelope,
+    from_headers,
+    native_text,
+    salvage,
+)
+from outboxkit.outbox.errors import InvalidMessage
+from outboxkit.outbox.limits import MAX_HEADERS
+from outboxkit.outbox.message import Message
 from tests.support import hostile
 from tests.support.malformed import (
     Bad,

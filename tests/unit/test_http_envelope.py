@@ -1,4 +1,4 @@
-"""Webhook envelopes and URLs (outbox.http_url): decoding refuses what the inbox cannot
+"""Webhook envelopes and URLs (brokers.http.options): decoding refuses what the inbox cannot
 store, and a topic always stays inside its path segment."""
 
 from __future__ import annotations
@@ -7,10 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import outbox
-from outbox import http_url
-from outbox.errors import InvalidMessage
-from outbox.limits import MAX_HEADER_NAME_BYTES, MAX_KEY_BYTES, MAX_TOPIC_BYTES, text_problem
+from outboxkit import outbox
+from outboxkit.brokers.http import options as http_url
+from outboxkit.outbox.errors import InvalidMessage
+from outboxkit.outbox.limits import (
+    MAX_HEADER_NAME_BYTES,
+    MAX_KEY_BYTES,
+    MAX_TOPIC_BYTES,
+    text_problem,
+)
 from tests.support import hostile
 
 

@@ -1,4 +1,4 @@
-"""Webhook signatures (outbox.http_signature): the v2 recipe as documented, what it binds,
+"""Webhook signatures (brokers.http.signature): the v2 recipe as documented, what it binds,
 the v1 fallback for rolling upgrades, and fuzzed hostile signatures."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox import http_url
-from outbox.http_signature import (
+from outboxkit.brokers.http import options as http_url
+from outboxkit.brokers.http.signature import (
     SignatureRefused,
     Verifier,
     canonical_v2,
     parse_content_digest,
     signature_headers,
 )
-from outbox.ids import uuid7
-from outbox.message import BYTES_CONTENT_TYPE, Message
+from outboxkit.outbox.ids import uuid7
+from outboxkit.outbox.message import BYTES_CONTENT_TYPE, Message
 from tests.support import hostile
 
 NOW = 1_750_000_000

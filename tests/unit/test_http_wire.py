@@ -1,4 +1,4 @@
-"""The webhook server's HTTP/1.1 parsing (inbox.consumers.http_wire), in-process: the head,
+"""The webhook server's HTTP/1.1 parsing (outboxkit.brokers.http.wire), in-process: the head,
 the body framing and chunked bodies, with hand-picked and fuzzed hostile bytes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inbox.consumers.http_wire import (
+from outboxkit.brokers.http.wire import (
     MAX_HEADER_FIELDS,
     HttpRefusal,
     body_length,

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import migrations
-from inbox import ConsumerSettings, Inbox
-from outbox import Outbox, OutboxSettings
-from outbox.errors import ConfigurationError
-from outbox.identifiers import MAX_IDENTIFIER_BYTES, check_schema_name
-from relay import RelaySettings
+from outboxkit import migrations
+from outboxkit.inbox import ConsumerSettings, Inbox
+from outboxkit.outbox import Outbox, OutboxSettings
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.identifiers import MAX_IDENTIFIER_BYTES, check_schema_name
+from outboxkit.relay import RelaySettings
 from tests.support import hostile
 
 BAD = {
@@ -37,9 +37,7 @@ ENTRY_POINTS: dict[str, Callable[[str], object]] = {
     "OutboxSettings": lambda s: OutboxSettings(schema=s),
     "Outbox": lambda s: Outbox(schema=s),
     "RelaySettings": lambda s: RelaySettings(dsn=UNREACHABLE, broker_url="test://", schema=s),
-    "ConsumerSettings": lambda s: ConsumerSettings(
-        dsn=UNREACHABLE, broker_url="test://", schema=s
-    ),
+    "ConsumerSettings": lambda s: ConsumerSettings(dsn=UNREACHABLE, broker_url="test://", schema=s),
     "Inbox": lambda s: Inbox("billing", schema=s),
     "migrations.render_sql": migrations.render_sql,
     "migrations.apply": lambda s: migrations.apply(UNREACHABLE, s),
@@ -87,4 +85,3 @@ def test_an_accepted_schema_name_never_adds_a_line_to_the_rendered_sql(schema: s
         assert len(lines) == len(SHAPE)
         # Only the lines that name the schema differ, and only where the name goes.
         assert [line.startswith("--") for line in lines] == [s.startswith("--") for s in SHAPE]
-

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 
-from outbox.ids import uuid7
+from outboxkit.outbox.ids import uuid7
 
 
 def test_version_and_variant_bits() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox.limits import MAX_KEY_BYTES, clean_text, text_problem, utf8_length
+from outboxkit.outbox.limits import MAX_KEY_BYTES, clean_text, text_problem, utf8_length
 from tests.support import hostile
 
 

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from relay.metrics import BATCH_SECONDS_BUCKETS, RelayMetrics
+from outboxkit.relay.metrics import BATCH_SECONDS_BUCKETS, RelayMetrics
 
 
 def samples(metrics: RelayMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

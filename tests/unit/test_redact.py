@@ -12,15 +12,20 @@ from urllib.parse import unquote
 
 import pytest
 
-import outbox
-from inbox.consumers import Subscription, create_consumer
-from inbox.settings import ConsumerSettings
-from outbox import db
-from outbox.redact import HARMLESS_OPTIONS, UNPARSEABLE, redact_dsn, redact_message, redact_text
+from outboxkit import outbox
+from outboxkit.brokers import Subscription, create_consumer, create_publisher
+from outboxkit.brokers.postgres import publisher as postgres_publisher
 from outboxkit.cli import main
-from relay.brokers import create_publisher
-from relay.brokers import postgres as postgres_publisher
-from relay.settings import RelaySettings
+from outboxkit.inbox.settings import ConsumerSettings
+from outboxkit.outbox import db
+from outboxkit.outbox.redact import (
+    HARMLESS_OPTIONS,
+    UNPARSEABLE,
+    redact_dsn,
+    redact_message,
+    redact_text,
+)
+from outboxkit.relay.settings import RelaySettings
 from tests.support.secrets import SECRET, broker_urls, postgres_dsns
 from tests.support.url_parsers import PARSERS, parser_for
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-import outbox
-from outbox.settings import OutboxSettings
+from outboxkit import outbox
+from outboxkit.outbox.settings import OutboxSettings
 
 
 def test_defaults() -> None:

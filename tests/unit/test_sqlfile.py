@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outbox import queries, sqlfile
+from outboxkit.outbox import queries, sqlfile
 
 TEXT = """\
 -- A file comment before the first block is ignored.
@@ -40,7 +40,7 @@ def test_bind_quotes_schema_and_table() -> None:
 
 
 def test_shipped_write_queries_are_bound() -> None:
-    loaded = sqlfile.load("outbox", "queries.sql")
+    loaded = sqlfile.load("outboxkit.outbox", "queries.sql")
     assert "insert_messages" in loaded
     insert = queries.bound("my schema")["insert_messages"].as_string()
     assert 'INSERT INTO "my schema"."outbox_messages"' in insert

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outbox.topics import any_of, matches_any, topic_regex
+from outboxkit.outbox.topics import any_of, matches_any, topic_regex
 
 
 @pytest.mark.parametrize(

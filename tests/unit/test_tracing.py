@@ -5,8 +5,8 @@ from __future__ import annotations
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-import outbox
-from outbox.tracing import current_trace_headers
+from outboxkit import outbox
+from outboxkit.outbox.tracing import current_trace_headers
 
 
 def tracer() -> trace.Tracer:

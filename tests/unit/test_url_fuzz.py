@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox.errors import ConfigurationError
-from outbox.redact import redact_dsn
+from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.outbox.redact import redact_dsn
 from tests.support import hostile
 from tests.support.secrets import SECRET, SECRET_QUERY_NAMES
 from tests.support.url_parsers import PARSERS, UrlParser

@@ -14,9 +14,9 @@ from typing import Any
 
 import psycopg
 
-import outbox
-from inbox import Inbox
-from outbox.message import Message
+from outboxkit import outbox
+from outboxkit.inbox import Inbox
+from outboxkit.outbox.message import Message
 
 ib = Inbox(consumer="billing")
 

@@ -18,7 +18,7 @@ from sqlalchemy import DateTime, String, func
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-import outbox
+from outboxkit import outbox
 
 
 class Base(DeclarativeBase):

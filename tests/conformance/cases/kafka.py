@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from confluent_kafka import Producer
 
-from outbox.kafka_url import parse_url
+from outboxkit.brokers.kafka.options import parse_url
 from outboxkit.devservers.kafka import TansuServer
 from tests.conformance.cases.base import BrokerCase, RawSender, wrapped
 from tests.support.malformed import RAW_TOPIC

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
-from inbox.consumers.nats import parse_url
+from outboxkit.brokers.nats.consumer import parse_url
 from outboxkit.devservers import NatsServer
 from tests.conformance.cases.base import BrokerCase, RawSender, wrapped
 from tests.support.malformed import RAW_TOPIC, as_text

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 
 import pulsar
 
-from outbox.pulsar_url import parse_url
+from outboxkit.brokers.pulsar.options import parse_url
 from outboxkit.devservers.pulsar import PulsarLiteServer
 from tests.conformance.cases.base import BrokerCase, RawSender
 from tests.support.malformed import RAW_TOPIC, as_text

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 import aio_pika
 from aio_pika.abc import AbstractExchange
 
-from outbox.rabbitmq_url import parse_url
+from outboxkit.brokers.rabbitmq.options import parse_url
+from outboxkit.brokers.rabbitmq.publisher import open_connection
 from outboxkit.devservers.rabbitmq import MAX_MESSAGE_BYTES, RabbitMQServer
-from relay.brokers.rabbitmq import open_connection
 from tests.conformance.cases.base import BrokerCase, RawSender
 from tests.support.malformed import RAW_TOPIC
 

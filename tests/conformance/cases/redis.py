@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import redis.asyncio
 
-from outbox.redis_url import PAYLOAD_FIELD, parse_url
+from outboxkit.brokers.redis.options import PAYLOAD_FIELD, parse_url
 from outboxkit.devservers.redis import RedisServer
 from tests.conformance.cases.base import BrokerCase, RawSender, wrapped
 from tests.support.malformed import RAW_TOPIC

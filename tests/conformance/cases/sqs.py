@@ -15,7 +15,7 @@ from typing import Any
 
 from aiobotocore.session import get_session
 
-from outbox.sqs_url import ATTRIBUTE, parse_url
+from outboxkit.brokers.sqs.options import ATTRIBUTE, parse_url
 from outboxkit.devservers.sqs import SqsServer
 from tests.conformance.cases.base import BrokerCase, RawSender
 from tests.support.malformed import as_text

@@ -1,0 +1,1 @@
+"""The http broker: URL options, wire format, publisher and consumer."""

@@ -1,0 +1,1 @@
+"""The kafka broker: URL options, wire format, publisher and consumer."""

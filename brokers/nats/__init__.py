@@ -1,0 +1,1 @@
+"""The nats broker: URL options, wire format, publisher and consumer."""

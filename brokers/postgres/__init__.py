@@ -1,0 +1,1 @@
+"""The postgres broker: URL options, wire format, publisher and consumer."""

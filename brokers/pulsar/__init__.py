@@ -1,0 +1,1 @@
+"""The pulsar broker: URL options, wire format, publisher and consumer."""

@@ -1,0 +1,1 @@
+"""The rabbitmq broker: URL options, wire format, publisher and consumer."""

@@ -1,0 +1,1 @@
+"""The redis broker: URL options, wire format, publisher and consumer."""

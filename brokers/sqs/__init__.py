@@ -1,0 +1,1 @@
+"""The sqs broker: URL options, wire format, publisher and consumer."""
