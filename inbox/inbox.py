@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from outboxkit.inbox import batch_async, batch_sync
+from outboxkit.inbox.failures import NoHandler
 from outboxkit.inbox.queries import bound
-from outboxkit.inbox.registry import AsyncHandler, Handler, HandlerRegistry, Registration
+from outboxkit.inbox.registry import Handler, HandlerRegistry, Registration
 from outboxkit.outbox.connections import async_connection, check_transactional, sync_connection
-from outboxkit.outbox.errors import ConfigurationError, OutboxkitError
+from outboxkit.outbox.errors import ConfigurationError
 from outboxkit.outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outboxkit.outbox.message import Message
-
-
-class NoHandler(OutboxkitError):
-    """No handler is registered for the message's topic."""
 
 
 class Inbox:
@@ -67,21 +65,18 @@ class Inbox:
 
     def handle(self, tx: Any, message: Message) -> bool:
         """Record `message` in `tx` and run its (sync) handler unless it was seen before."""
-        registration = self._registration(message)
+        registration = self.registration(message)
         if registration.is_async:
             raise ConfigurationError(
                 f"the handler for {message.topic!r} is async: use `await inbox.ahandle(...)`"
             )
         conn = sync_connection(tx)
         check_transactional(conn, allow_autocommit=False)
-        if conn.execute(self.queries["record"], self._record_params(message)).fetchone() is None:
-            return False
-        registration.handler(tx, message)
-        return True
+        return batch_sync.handle_one(self, tx, conn, registration, message)
 
     async def ahandle(self, tx: Any, message: Message) -> bool:
         """Async `handle` on an async connection or session, for async handlers."""
-        registration = self._registration(message)
+        registration = self.registration(message)
         conn = await async_connection(tx)
         check_transactional(conn, allow_autocommit=False)
         if not registration.is_async:
@@ -89,11 +84,7 @@ class Inbox:
                 f"the handler for {message.topic!r} is sync: use `inbox.handle(...)` on a "
                 "sync connection"
             )
-        cursor = await conn.execute(self.queries["record"], self._record_params(message))
-        if await cursor.fetchone() is None:
-            return False
-        await cast(AsyncHandler, registration.handler)(tx, message)
-        return True
+        return await batch_async.handle_one(self, tx, conn, registration, message)
 
     @property
     def is_async(self) -> bool:
@@ -110,7 +101,8 @@ class Inbox:
         """The registration that handles `topic`, if any."""
         return self.registry.find(topic)
 
-    def _registration(self, message: Message) -> Registration:
+    def registration(self, message: Message) -> Registration:
+        """The registration that handles `message`; raises `NoHandler` if there is none."""
         registration = self.registry.find(message.topic)
         if registration is None:
             raise NoHandler(
@@ -118,7 +110,8 @@ class Inbox:
             )
         return registration
 
-    def _record_params(self, message: Message) -> dict[str, Any]:
+    def record_params(self, message: Message) -> dict[str, Any]:
+        """Parameters of the `record` query: one message's dedup row."""
         return {
             "consumer": self.consumer,
             "message_id": message.message_id,

@@ -24,8 +24,8 @@ import psycopg
 
 from outboxkit.brokers import Consumer, Delivery, Subscription, create_consumer
 from outboxkit.inbox import malformed
-from outboxkit.inbox.failures import error_text
-from outboxkit.inbox.inbox import Inbox, NoHandler
+from outboxkit.inbox.failures import NoHandler, error_text
+from outboxkit.inbox.inbox import Inbox
 from outboxkit.inbox.retention import prune
 from outboxkit.inbox.settings import ConsumerSettings, Mode
 from outboxkit.inbox.slots import Slot
