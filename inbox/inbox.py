@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
@@ -15,6 +16,23 @@ from outboxkit.outbox.connections import async_connection, check_transactional, 
 from outboxkit.outbox.errors import ConfigurationError
 from outboxkit.outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outboxkit.outbox.message import Message
+
+
+class MessageRow(Protocol):
+    """What the inbox stores of a message: a `Message`, or what a broken envelope kept."""
+
+    @property
+    def message_id(self) -> UUID | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
 
 class Inbox:
@@ -119,13 +137,13 @@ class Inbox:
             "key": message.key,
         }
 
-    def record_many_params(self, messages: list[Message]) -> dict[str, Any]:
+    def record_many_params(self, rows: Sequence[MessageRow]) -> dict[str, Any]:
         """Parameters of the batched `record_many` query."""
         return {
             "consumer": self.consumer,
-            "message_ids": [m.message_id for m in messages],
-            "topics": [m.topic for m in messages],
-            "keys": [m.key for m in messages],
+            "message_ids": [m.message_id for m in rows],
+            "topics": [m.topic for m in rows],
+            "keys": [m.key for m in rows],
         }
 
     def lock_params(self, messages: list[Message]) -> dict[str, Any]:
@@ -136,14 +154,27 @@ class Inbox:
             "message_ids": [m.message_id for m in messages],
         }
 
-    def store_params(self, messages: list[Message]) -> dict[str, Any]:
-        """Parameters of the durable `store` query for `messages`."""
+    def message_params(self, rows: Sequence[MessageRow]) -> dict[str, Any]:
+        """Parameters that carry whole messages (`store`, `bury`, `bury_malformed`): an
+        array a field, an entry a message (or what a broken envelope kept of one)."""
         return {
-            "consumer": self.consumer,
-            "message_ids": [m.message_id for m in messages],
-            "topics": [m.topic for m in messages],
-            "keys": [m.key for m in messages],
-            "payloads": [m.payload for m in messages],
-            "content_types": [m.content_type for m in messages],
-            "headers": [Jsonb(dict(m.headers)) for m in messages],
+            **self.record_many_params(rows),
+            "payloads": [m.payload for m in rows],
+            "content_types": [m.content_type for m in rows],
+            "headers": [Jsonb(dict(m.headers)) for m in rows],
+        }
+
+    def bury_params(
+        self,
+        stored: Sequence[tuple[int, str]] = (),
+        delivered: Sequence[tuple[Message, int, str]] = (),
+    ) -> dict[str, Any]:
+        """Parameters of the `bury` query: stored rows as (seq, error), or deliveries as
+        (message, attempts, error)."""
+        return {
+            **self.message_params([message for message, _, _ in delivered]),
+            "attempts": [attempts for _, attempts, _ in delivered],
+            "errors": [error for _, _, error in delivered],
+            "seqs": [seq for seq, _ in stored],
+            "seq_errors": [error for _, error in stored],
         }

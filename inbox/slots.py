@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from outboxkit.brokers import Malformed
 from outboxkit.inbox import batch_async, batch_sync
@@ -71,26 +70,16 @@ class Slot:
             await aconn.execute(
                 self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
             )
-            await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
+            await aconn.execute(self.inbox.queries["store"], self.inbox.message_params(messages))
 
     async def bury_malformed(self, found: Sequence[Malformed]) -> None:
         """Dead-letter deliveries whose envelope is broken (each with an id), committed;
         without dedup rows (see `inbox.malformed`)."""
         aconn = await self._async()
         async with aconn.transaction():
-            await aconn.execute(
-                self.inbox.queries["bury_malformed"],
-                {
-                    "consumer": self.inbox.consumer,
-                    "message_ids": [m.message_id for m in found],
-                    "topics": [m.topic for m in found],
-                    "keys": [m.key for m in found],
-                    "payloads": [m.payload for m in found],
-                    "content_types": [m.content_type for m in found],
-                    "headers": [Jsonb(dict(m.headers)) for m in found],
-                    "errors": [f"{MALFORMED_PREFIX}{m.reason}" for m in found],
-                },
-            )
+            errors = [f"{MALFORMED_PREFIX}{m.reason}" for m in found]
+            params = {**self.inbox.message_params(found), "errors": errors}
+            await aconn.execute(self.inbox.queries["bury_malformed"], params)
 
     async def bury(self, message: Message, attempts: int, error: str) -> None:
         """Dead-letter a delivery the handler kept failing on, keeping its dedup key.
@@ -99,20 +88,8 @@ class Slot:
         no-op on clean text) for callers that format their own."""
         aconn = await self._async()
         async with aconn.transaction():
-            await aconn.execute(
-                self.inbox.queries["bury_delivery"],
-                {
-                    "consumer": self.inbox.consumer,
-                    "message_id": message.message_id,
-                    "topic": message.topic,
-                    "key": message.key,
-                    "payload": message.payload,
-                    "content_type": message.content_type,
-                    "headers": Jsonb(dict(message.headers)),
-                    "attempts": attempts,
-                    "error": clean_text(error),
-                },
-            )
+            params = self.inbox.bury_params(delivered=[(message, attempts, clean_text(error))])
+            await aconn.execute(self.inbox.queries["bury"], params)
 
     def connection_lost(self) -> bool:
         """Whether one of this slot's connections is unusable (rather than a statement

@@ -111,10 +111,7 @@ def settle_params(
             )
         )
     if result.dead:
-        seqs, errors = zip(*result.dead, strict=True)
-        statements.append(
-            ("bury_stored", {"consumer": consumer, "seqs": list(seqs), "errors": list(errors)})
-        )
+        statements.append(("bury", inbox.bury_params(stored=result.dead)))
     return statements
 
 
