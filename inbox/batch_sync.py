@@ -51,13 +51,8 @@ Settled = TypeVar("Settled", covariant=True)
 class Batch(Protocol[Item, Settled]):
     """One kind of batch: what `run` needs to know of it."""
 
-    @property
-    def inbox(self) -> Inbox:
-        """The inbox whose handlers run."""
-
-    @property
-    def optimistic(self) -> bool:
-        """Whether to try the optimistic pass first."""
+    inbox: Inbox  # whose handlers run
+    optimistic: bool  # whether to try the optimistic pass first
 
     def message(self, item: Item) -> Message:
         """The message of one item of the batch."""
