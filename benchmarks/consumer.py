@@ -147,7 +147,7 @@ def store(dsn: str, consumer: str, count: int) -> None:
         for first in range(0, count, 5000):
             with conn.transaction():
                 conn.execute(
-                    inbox.queries["store"], inbox.store_params(messages[first : first + 5000])
+                    inbox.queries["store"], inbox.message_params(messages[first : first + 5000])
                 )
 
 

@@ -13,7 +13,8 @@ together, and the broker is acked only after that commit.
 Run it against a broker with `outboxkit consume --app pkg.module:ib …` or `ConsumerRunner`.
 """
 
-from outboxkit.inbox.inbox import Inbox, NoHandler
+from outboxkit.inbox.failures import NoHandler
+from outboxkit.inbox.inbox import Inbox
 from outboxkit.inbox.retention import parse_duration, prune
 from outboxkit.inbox.runner import ConsumerRunner
 from outboxkit.inbox.settings import ConsumerSettings, Mode

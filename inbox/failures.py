@@ -8,9 +8,14 @@ from `error_text`.
 
 from __future__ import annotations
 
+from outboxkit.outbox.errors import OutboxkitError
 from outboxkit.outbox.limits import clean_text
 
 _TYPE_NAME_BYTES = 200
+
+
+class NoHandler(OutboxkitError):
+    """No handler is registered for the message's topic."""
 
 
 def error_text(exc: BaseException) -> str:

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
+from outboxkit.inbox import batch_async, batch_sync
+from outboxkit.inbox.failures import NoHandler
 from outboxkit.inbox.queries import bound
-from outboxkit.inbox.registry import AsyncHandler, Handler, HandlerRegistry, Registration
+from outboxkit.inbox.registry import Handler, HandlerRegistry, Registration
 from outboxkit.outbox.connections import async_connection, check_transactional, sync_connection
-from outboxkit.outbox.errors import ConfigurationError, OutboxkitError
+from outboxkit.outbox.errors import ConfigurationError
 from outboxkit.outbox.limits import MAX_CONSUMER_BYTES, text_problem
 from outboxkit.outbox.message import Message
 
 
-class NoHandler(OutboxkitError):
-    """No handler is registered for the message's topic."""
+class MessageRow(Protocol):
+    """What the inbox stores of a message: a `Message`, or what a broken envelope kept."""
+
+    @property
+    def message_id(self) -> UUID | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
 
 class Inbox:
@@ -67,21 +83,18 @@ class Inbox:
 
     def handle(self, tx: Any, message: Message) -> bool:
         """Record `message` in `tx` and run its (sync) handler unless it was seen before."""
-        registration = self._registration(message)
+        registration = self.registration(message)
         if registration.is_async:
             raise ConfigurationError(
                 f"the handler for {message.topic!r} is async: use `await inbox.ahandle(...)`"
             )
         conn = sync_connection(tx)
         check_transactional(conn, allow_autocommit=False)
-        if conn.execute(self.queries["record"], self._record_params(message)).fetchone() is None:
-            return False
-        registration.handler(tx, message)
-        return True
+        return batch_sync.handle_one(self, tx, conn, registration, message)
 
     async def ahandle(self, tx: Any, message: Message) -> bool:
         """Async `handle` on an async connection or session, for async handlers."""
-        registration = self._registration(message)
+        registration = self.registration(message)
         conn = await async_connection(tx)
         check_transactional(conn, allow_autocommit=False)
         if not registration.is_async:
@@ -89,11 +102,7 @@ class Inbox:
                 f"the handler for {message.topic!r} is sync: use `inbox.handle(...)` on a "
                 "sync connection"
             )
-        cursor = await conn.execute(self.queries["record"], self._record_params(message))
-        if await cursor.fetchone() is None:
-            return False
-        await cast(AsyncHandler, registration.handler)(tx, message)
-        return True
+        return await batch_async.handle_one(self, tx, conn, registration, message)
 
     @property
     def is_async(self) -> bool:
@@ -110,7 +119,8 @@ class Inbox:
         """The registration that handles `topic`, if any."""
         return self.registry.find(topic)
 
-    def _registration(self, message: Message) -> Registration:
+    def registration(self, message: Message) -> Registration:
+        """The registration that handles `message`; raises `NoHandler` if there is none."""
         registration = self.registry.find(message.topic)
         if registration is None:
             raise NoHandler(
@@ -118,7 +128,8 @@ class Inbox:
             )
         return registration
 
-    def _record_params(self, message: Message) -> dict[str, Any]:
+    def record_params(self, message: Message) -> dict[str, Any]:
+        """Parameters of the `record` query: one message's dedup row."""
         return {
             "consumer": self.consumer,
             "message_id": message.message_id,
@@ -126,13 +137,13 @@ class Inbox:
             "key": message.key,
         }
 
-    def record_many_params(self, messages: list[Message]) -> dict[str, Any]:
+    def record_many_params(self, rows: Sequence[MessageRow]) -> dict[str, Any]:
         """Parameters of the batched `record_many` query."""
         return {
             "consumer": self.consumer,
-            "message_ids": [m.message_id for m in messages],
-            "topics": [m.topic for m in messages],
-            "keys": [m.key for m in messages],
+            "message_ids": [m.message_id for m in rows],
+            "topics": [m.topic for m in rows],
+            "keys": [m.key for m in rows],
         }
 
     def lock_params(self, messages: list[Message]) -> dict[str, Any]:
@@ -143,14 +154,27 @@ class Inbox:
             "message_ids": [m.message_id for m in messages],
         }
 
-    def store_params(self, messages: list[Message]) -> dict[str, Any]:
-        """Parameters of the durable `store` query for `messages`."""
+    def message_params(self, rows: Sequence[MessageRow]) -> dict[str, Any]:
+        """Parameters that carry whole messages (`store`, `bury`, `bury_malformed`): an
+        array a field, an entry a message (or what a broken envelope kept of one)."""
         return {
-            "consumer": self.consumer,
-            "message_ids": [m.message_id for m in messages],
-            "topics": [m.topic for m in messages],
-            "keys": [m.key for m in messages],
-            "payloads": [m.payload for m in messages],
-            "content_types": [m.content_type for m in messages],
-            "headers": [Jsonb(dict(m.headers)) for m in messages],
+            **self.record_many_params(rows),
+            "payloads": [m.payload for m in rows],
+            "content_types": [m.content_type for m in rows],
+            "headers": [Jsonb(dict(m.headers)) for m in rows],
+        }
+
+    def bury_params(
+        self,
+        stored: Sequence[tuple[int, str]] = (),
+        delivered: Sequence[tuple[Message, int, str]] = (),
+    ) -> dict[str, Any]:
+        """Parameters of the `bury` query: stored rows as (seq, error), or deliveries as
+        (message, attempts, error)."""
+        return {
+            **self.message_params([message for message, _, _ in delivered]),
+            "attempts": [attempts for _, attempts, _ in delivered],
+            "errors": [error for _, _, error in delivered],
+            "seqs": [seq for seq, _ in stored],
+            "seq_errors": [error for _, error in stored],
         }

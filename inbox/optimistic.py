@@ -1,6 +1,4 @@
-"""Optimistic batches: a batch's handlers run in one transaction without savepoints.
-
-(And the careful pass's per-message savepoint, `message_savepoint`.)
+"""Optimistic batches: what the two passes of `inbox.batch_async` share, sync or async.
 
 A batch of deliveries (idempotent mode) or of stored messages (durable mode) is first run
 with no savepoint per message, saving two round trips a message. Any failure in that pass
@@ -21,17 +19,17 @@ eventually dead-lettered per message like any other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from outboxkit.outbox.db import connection_lost
+from outboxkit.outbox.message import Message
 
 Conn = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
-Queries = Mapping[str, sql.Composed]
 
 
 class HandlerFailed(Exception):
@@ -53,64 +51,19 @@ def handler_failures(conn: Conn) -> Iterator[None]:
         raise HandlerFailed from exc
 
 
-def _aborted() -> HandlerFailed:
-    return HandlerFailed("the transaction is aborted: a handler caught its own SQL error")
+def check_committable(conn: Conn) -> None:
+    """Raise `HandlerFailed` if a handler left the transaction aborted (a COMMIT would be a
+    silent ROLLBACK)."""
+    if conn.info.transaction_status == TransactionStatus.INERROR:
+        raise HandlerFailed("the transaction is aborted: a handler caught its own SQL error")
 
 
-@contextlib.contextmanager
-def optimistic_transaction(conn: psycopg.Connection[Any], pipelined: bool) -> Iterator[None]:
-    """An optimistic transaction (pipelined if asked); failures become `HandlerFailed`."""
-    with handler_failures(conn):
-        pipeline = conn.pipeline() if pipelined else contextlib.nullcontext(None)
-        with pipeline as sync_point, conn.transaction():
-            yield
-            if sync_point is not None:
-                sync_point.sync()
-            if conn.info.transaction_status == TransactionStatus.INERROR:
-                raise _aborted()
-
-
-@contextlib.asynccontextmanager
-async def optimistic_atransaction(
-    conn: psycopg.AsyncConnection[Any], pipelined: bool
-) -> AsyncIterator[None]:
-    """Async `optimistic_transaction`."""
-    with handler_failures(conn):
-        pipeline = conn.pipeline() if pipelined else contextlib.nullcontext(None)
-        async with pipeline as sync_point, conn.transaction():
-            yield
-            if sync_point is not None:
-                await sync_point.sync()
-            if conn.info.transaction_status == TransactionStatus.INERROR:
-                raise _aborted()
-
-
-@contextlib.contextmanager
-def message_savepoint(conn: psycopg.Connection[Any], queries: Queries) -> Iterator[None]:
-    """The careful pass: one message's work under a savepoint that is rolled back to on any
-    failure, a failed RELEASE included (a handler that swallowed its own SQL error)."""
-    conn.execute(queries["savepoint"])
-    try:
-        yield
-        conn.execute(queries["release_savepoint"])
-    except BaseException as exc:
-        if not (isinstance(exc, psycopg.Error) and connection_lost(conn)):
-            conn.execute(queries["rollback_to_savepoint"])
-            conn.execute(queries["release_savepoint"])
-        raise
-
-
-@contextlib.asynccontextmanager
-async def amessage_savepoint(
-    conn: psycopg.AsyncConnection[Any], queries: Queries
-) -> AsyncIterator[None]:
-    """Async `message_savepoint`."""
-    await conn.execute(queries["savepoint"])
-    try:
-        yield
-        await conn.execute(queries["release_savepoint"])
-    except BaseException as exc:
-        if not (isinstance(exc, psycopg.Error) and connection_lost(conn)):
-            await conn.execute(queries["rollback_to_savepoint"])
-            await conn.execute(queries["release_savepoint"])
-        raise
+def first_deliveries(messages: list[Message], recorded: set[UUID]) -> list[bool]:
+    """Per message, whether its handler runs: its dedup row was just `recorded`, and it is
+    the first of its id in the batch (a message delivered twice in one batch runs once)."""
+    fresh = set(recorded)
+    runs = []
+    for message in messages:
+        runs.append(message.message_id in fresh)
+        fresh.discard(message.message_id)
+    return runs

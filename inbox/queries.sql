@@ -77,46 +77,37 @@ SET attempts = m.attempts + 1, last_error = f.error,
 FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[]) AS f(seq, error, delay)
 WHERE m.consumer = %(consumer)s AND m.seq = f.seq AND m.processed_at IS NULL
 
--- name: bury_stored
--- Durable mode, attempts exhausted: copy to the dead letters and close the row (the dedup
--- key stays, so a redelivery is still recognised).
+-- name: bury
+-- Dead letters that keep their dedup keys, so that a redelivery is still recognised: stored
+-- rows out of attempts (durable mode: the row is closed, then copied), and deliveries the
+-- broker has run out of (idempotent mode: their dedup rows are written; the runner then
+-- acks the broker). A caller passes one kind, the other's arrays empty.
 WITH closed AS (
     UPDATE {inbox_messages} AS m
     SET processed_at = now(), attempts = m.attempts + 1, last_error = f.error
-    FROM unnest(%(seqs)s::bigint[], %(errors)s::text[]) AS f(seq, error)
+    FROM unnest(%(seqs)s::bigint[], %(seq_errors)s::text[]) AS f(seq, error)
     WHERE m.consumer = %(consumer)s AND m.seq = f.seq AND m.processed_at IS NULL
-    RETURNING m.*
-)
-INSERT INTO {inbox_dead_letters} AS d
-    (consumer, message_id, topic, key, payload, content_type, headers, received_at,
-     attempts, last_error)
-SELECT consumer, message_id, topic, key, payload, content_type, headers, received_at,
-       attempts, last_error
-FROM closed
-ON CONFLICT (consumer, message_id) DO UPDATE
--- A dead letter made from a broken envelope that carried this id (attempts 0, no handler ran)
--- gives way to the real message's: else a forged delivery could hide a genuine failure.
-SET topic = excluded.topic, key = excluded.key, payload = excluded.payload,
-    content_type = excluded.content_type, headers = excluded.headers,
-    received_at = excluded.received_at, attempts = excluded.attempts,
-    last_error = excluded.last_error, dead_at = now()
-WHERE d.attempts = 0
-  AND d.last_error LIKE 'malformed envelope: %%'
-
--- name: bury_delivery
--- Idempotent mode, the broker's deliveries exhausted: keep the message as a dead letter and
--- its dedup key, then the runner acks the broker.
-WITH dedup AS (
+    RETURNING m.consumer, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers,
+              m.received_at, m.attempts, m.last_error
+), delivered AS (
+    SELECT %(consumer)s::text AS consumer, m.message_id, m.topic, m.key, m.payload,
+           m.content_type, m.headers, now() AS received_at, m.attempts, m.last_error
+    FROM unnest(%(message_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[],
+                %(payloads)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[],
+                %(attempts)s::integer[], %(errors)s::text[])
+         AS m(message_id, topic, key, payload, content_type, headers, attempts, last_error)
+), dedup AS (
     INSERT INTO {inbox_messages}
         (consumer, message_id, topic, key, processed_at, attempts, last_error)
-    VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, now(), %(attempts)s, %(error)s)
+    SELECT consumer, message_id, topic, key, now(), attempts, last_error FROM delivered
     ON CONFLICT (consumer, message_id) DO NOTHING
 )
 INSERT INTO {inbox_dead_letters} AS d
     (consumer, message_id, topic, key, payload, content_type, headers, received_at,
      attempts, last_error)
-VALUES (%(consumer)s, %(message_id)s, %(topic)s, %(key)s, %(payload)s, %(content_type)s,
-        %(headers)s, now(), %(attempts)s, %(error)s)
+SELECT * FROM closed
+UNION ALL
+SELECT * FROM delivered
 ON CONFLICT (consumer, message_id) DO UPDATE
 -- A dead letter made from a broken envelope that carried this id (attempts 0, no handler ran)
 -- gives way to the real message's: else a forged delivery could hide a genuine failure.

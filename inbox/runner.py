@@ -24,8 +24,8 @@ import psycopg
 
 from outboxkit.brokers import Consumer, Delivery, Subscription, create_consumer
 from outboxkit.inbox import malformed
-from outboxkit.inbox.failures import error_text
-from outboxkit.inbox.inbox import Inbox, NoHandler
+from outboxkit.inbox.failures import NoHandler, error_text
+from outboxkit.inbox.inbox import Inbox
 from outboxkit.inbox.retention import prune
 from outboxkit.inbox.settings import ConsumerSettings, Mode
 from outboxkit.inbox.slots import Slot
@@ -122,18 +122,9 @@ class ConsumerRunner:
                     else:
                         await self._handle(slot, deliveries)
                 except DB_ERRORS as exc:
-                    if _lost(slot, exc):
-                        log.warning("database unavailable (%s); redelivering", type(exc).__name__)
-                        await slot.reset()
-                        delay = 1.0
-                    else:
-                        failures += 1
-                        delay = self._backoff(failures)
-                        log.error(
-                            "a database statement failed (%s); the batch is redelivered in %.1fs",
-                            _describe(exc),
-                            delay,
-                        )
+                    failures, delay = await self._failed_batch(
+                        slot, exc, failures, "redelivering", "the batch is redelivered in"
+                    )
                     for delivery in deliveries:
                         with contextlib.suppress(Exception):
                             await delivery.nak(delay)
@@ -247,17 +238,8 @@ class ConsumerRunner:
                     result = await slot.process_stored()
                 except DB_ERRORS as exc:
                     # Rolled back: the claimed rows are in place for the next try.
-                    if _lost(slot, exc):
-                        log.warning("database unavailable (%s); retrying", type(exc).__name__)
-                        await slot.reset()
-                        await self._sleep(1.0)
-                        continue
-                    failures += 1
-                    delay = self._backoff(failures)
-                    log.error(
-                        "a database statement failed (%s); retrying the batch in %.1fs",
-                        _describe(exc),
-                        delay,
+                    failures, delay = await self._failed_batch(
+                        slot, exc, failures, "retrying", "retrying the batch in"
                     )
                     await self._sleep(delay)
                     continue
@@ -283,6 +265,21 @@ class ConsumerRunner:
             except DB_ERRORS as exc:
                 log.warning("prune failed (%s)", _describe(exc))
             await self._sleep(self.settings.prune_interval)
+
+    async def _failed_batch(
+        self, slot: Slot, exc: Exception, failures: int, lost_then: str, failed_then: str
+    ) -> tuple[int, float]:
+        """After a batch failed on a database error: reconnect if the connection was lost
+        (retry in a second), else back off by the count of batches failed in a row. The new
+        count and the delay; `lost_then`/`failed_then` say in the log what happens next."""
+        if _lost(slot, exc):
+            log.warning("database unavailable (%s); %s", type(exc).__name__, lost_then)
+            await slot.reset()
+            return failures, 1.0
+        failures += 1
+        delay = self._backoff(failures)
+        log.error("a database statement failed (%s); %s %.1fs", _describe(exc), failed_then, delay)
+        return failures, delay
 
     def _backoff(self, attempt: int) -> float:
         return message_backoff(attempt, self.settings.backoff_base, self.settings.backoff_max)

@@ -10,31 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from outboxkit.brokers import Malformed
+from outboxkit.inbox import batch_async, batch_sync
 from outboxkit.inbox.failures import MALFORMED_PREFIX
 from outboxkit.inbox.inbox import Inbox
-from outboxkit.inbox.optimistic import (
-    HandlerFailed,
-    amessage_savepoint,
-    handler_failures,
-    message_savepoint,
-    optimistic_atransaction,
-    optimistic_transaction,
-)
-from outboxkit.inbox.registry import AsyncHandler, Registration
 from outboxkit.inbox.settings import ConsumerSettings
-from outboxkit.inbox.stored import BatchResult, process_batch_async, process_batch_sync
+from outboxkit.inbox.stored import BatchResult, Outcome
 from outboxkit.outbox.db import aconnect, connect, connection_lost
 from outboxkit.outbox.limits import clean_text
 from outboxkit.outbox.message import Message
 
-Result = bool | Exception
+Result = Outcome  # the name callers of `handle_many` know
 
 
 class Slot:
@@ -54,101 +44,23 @@ class Slot:
 
         The batch first locks its messages in one global order (`lock_messages`), so that
         batches sharing duplicates wait for each other instead of deadlocking. It then runs
-        optimistically (`inbox.optimistic`): one statement records the whole batch, handlers
+        optimistically (`inbox.batch_async`): one statement records the whole batch, handlers
         run without savepoints (pipelined if the inbox opted in); after any failure it runs
         again with a savepoint per message. A `cautious` batch (one holding a redelivery,
         which failed before) skips the optimistic pass."""
-        optimistic = not cautious and all(self.inbox.handler_for(m.topic) for m in messages)
         if self._async_handlers:
-            aconn = await self._async()
-            if optimistic:
-                with contextlib.suppress(HandlerFailed):
-                    async with optimistic_atransaction(aconn, self.inbox.pipelined):
-                        return await self._batch_async(aconn, messages)
-            async with aconn.transaction():
-                await aconn.execute(
-                    self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
-                )
-                return [await self._one_async(aconn, message) for message in messages]
-        conn = await self._sync()
-        return await asyncio.to_thread(self._handle_many_sync, conn, messages, optimistic)
-
-    async def _batch_async(
-        self, aconn: psycopg.AsyncConnection[Any], messages: list[Message]
-    ) -> list[Result]:
-        await aconn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
-        cursor = await aconn.execute(
-            self.inbox.queries["record_many"], self.inbox.record_many_params(messages)
-        )
-        fresh = {row[0] for row in await cursor.fetchall()}
-        results: list[Result] = []
-        with handler_failures(aconn):
-            for message in messages:
-                registration = self._first_time(message, fresh)
-                if registration is not None:
-                    await cast(AsyncHandler, registration.handler)(aconn, message)
-                results.append(registration is not None)
-        return results
-
-    def _handle_many_sync(
-        self, conn: psycopg.Connection[Any], messages: list[Message], optimistic: bool
-    ) -> list[Result]:
-        if optimistic:
-            with (
-                contextlib.suppress(HandlerFailed),
-                optimistic_transaction(conn, self.inbox.pipelined),
-            ):
-                return self._batch_sync(conn, messages)
-        with conn.transaction():
-            conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
-            return [self._one_sync(conn, message) for message in messages]
-
-    def _batch_sync(self, conn: psycopg.Connection[Any], messages: list[Message]) -> list[Result]:
-        conn.execute(self.inbox.queries["lock_messages"], self.inbox.lock_params(messages))
-        cursor = conn.execute(
-            self.inbox.queries["record_many"], self.inbox.record_many_params(messages)
-        )
-        fresh = {row[0] for row in cursor.fetchall()}
-        results: list[Result] = []
-        with handler_failures(conn):
-            for message in messages:
-                registration = self._first_time(message, fresh)
-                if registration is not None:
-                    registration.handler(conn, message)
-                results.append(registration is not None)
-        return results
-
-    def _first_time(self, message: Message, fresh: set[UUID]) -> Registration | None:
-        """The handler to run if this is the message's first delivery (once per batch)."""
-        if message.message_id not in fresh:
-            return None
-        fresh.discard(message.message_id)
-        return self.inbox.handler_for(message.topic)
-
-    async def _one_async(self, aconn: psycopg.AsyncConnection[Any], message: Message) -> Result:
-        try:
-            async with amessage_savepoint(aconn, self.inbox.queries):
-                return await self.inbox.ahandle(aconn, message)
-        except Exception as exc:
-            if isinstance(exc, psycopg.Error) and connection_lost(aconn):
-                raise
-            return exc
-
-    def _one_sync(self, conn: psycopg.Connection[Any], message: Message) -> Result:
-        try:
-            with message_savepoint(conn, self.inbox.queries):
-                return self.inbox.handle(conn, message)
-        except Exception as exc:
-            if isinstance(exc, psycopg.Error) and connection_lost(conn):
-                raise
-            return exc
+            batch = batch_async.Deliveries(self.inbox, messages, cautious=cautious)
+            return await batch_async.run(await self._async(), batch)
+        twin = batch_sync.Deliveries(self.inbox, messages, cautious=cautious)
+        return await asyncio.to_thread(batch_sync.run, await self._sync(), twin)
 
     async def process_stored(self) -> BatchResult:
         """Claim and handle one batch of stored messages (durable mode)."""
         if self._async_handlers:
-            return await process_batch_async(self.inbox, await self._async(), self.settings)
-        conn = await self._sync()
-        return await asyncio.to_thread(process_batch_sync, self.inbox, conn, self.settings)
+            batch = batch_async.StoredRows(self.inbox, self.settings)
+            return await batch_async.run(await self._async(), batch)
+        twin = batch_sync.StoredRows(self.inbox, self.settings)
+        return await asyncio.to_thread(batch_sync.run, await self._sync(), twin)
 
     async def store(self, messages: list[Message]) -> None:
         """Store messages for the durable workers (duplicates dropped), committed. Locked
@@ -158,26 +70,16 @@ class Slot:
             await aconn.execute(
                 self.inbox.queries["lock_messages"], self.inbox.lock_params(messages)
             )
-            await aconn.execute(self.inbox.queries["store"], self.inbox.store_params(messages))
+            await aconn.execute(self.inbox.queries["store"], self.inbox.message_params(messages))
 
     async def bury_malformed(self, found: Sequence[Malformed]) -> None:
         """Dead-letter deliveries whose envelope is broken (each with an id), committed;
         without dedup rows (see `inbox.malformed`)."""
         aconn = await self._async()
         async with aconn.transaction():
-            await aconn.execute(
-                self.inbox.queries["bury_malformed"],
-                {
-                    "consumer": self.inbox.consumer,
-                    "message_ids": [m.message_id for m in found],
-                    "topics": [m.topic for m in found],
-                    "keys": [m.key for m in found],
-                    "payloads": [m.payload for m in found],
-                    "content_types": [m.content_type for m in found],
-                    "headers": [Jsonb(dict(m.headers)) for m in found],
-                    "errors": [f"{MALFORMED_PREFIX}{m.reason}" for m in found],
-                },
-            )
+            errors = [f"{MALFORMED_PREFIX}{m.reason}" for m in found]
+            params = {**self.inbox.message_params(found), "errors": errors}
+            await aconn.execute(self.inbox.queries["bury_malformed"], params)
 
     async def bury(self, message: Message, attempts: int, error: str) -> None:
         """Dead-letter a delivery the handler kept failing on, keeping its dedup key.
@@ -186,20 +88,8 @@ class Slot:
         no-op on clean text) for callers that format their own."""
         aconn = await self._async()
         async with aconn.transaction():
-            await aconn.execute(
-                self.inbox.queries["bury_delivery"],
-                {
-                    "consumer": self.inbox.consumer,
-                    "message_id": message.message_id,
-                    "topic": message.topic,
-                    "key": message.key,
-                    "payload": message.payload,
-                    "content_type": message.content_type,
-                    "headers": Jsonb(dict(message.headers)),
-                    "attempts": attempts,
-                    "error": clean_text(error),
-                },
-            )
+            params = self.inbox.bury_params(delivered=[(message, attempts, clean_text(error))])
+            await aconn.execute(self.inbox.queries["bury"], params)
 
     def connection_lost(self) -> bool:
         """Whether one of this slot's connections is unusable (rather than a statement

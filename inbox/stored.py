@@ -1,37 +1,30 @@
-"""Durable mode: process stored messages in batches, per key in order, with retries.
+"""Durable mode: stored messages, per key in order, with retries and dead letters.
 
-One transaction per batch: claim the heads of their keys (SKIP LOCKED, so workers share),
-run the handlers, then mark the batch processed, failed (backoff) or dead in the same
-transaction. The handlers first run optimistically (`inbox.optimistic`: pipelined, no
-savepoints); after any failure, or when a claimed message failed before, the batch runs
-with a savepoint per handler. The sync and async twins below differ only in `await`.
+One transaction per batch (`inbox.batch_async.StoredRows`): claim the heads of their keys
+(SKIP LOCKED, so workers share), run the handlers, then mark the batch processed, failed
+(backoff) or dead in the same transaction. This module holds what that needs besides the
+statements: the claimed rows, what became of them, and the settle statements' parameters.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-
-from outboxkit.inbox.failures import error_text
-from outboxkit.inbox.inbox import Inbox, NoHandler
-from outboxkit.inbox.optimistic import (
-    HandlerFailed,
-    amessage_savepoint,
-    handler_failures,
-    message_savepoint,
-    optimistic_atransaction,
-    optimistic_transaction,
-)
-from outboxkit.inbox.registry import AsyncHandler, SyncHandler
+from outboxkit.inbox.failures import NoHandler, error_text
+from outboxkit.inbox.optimistic import HandlerFailed
 from outboxkit.inbox.settings import ConsumerSettings
 from outboxkit.outbox.backoff import message_backoff
-from outboxkit.outbox.db import connection_lost
 from outboxkit.outbox.envelope import RESERVED
 from outboxkit.outbox.message import Message
+
+if TYPE_CHECKING:
+    from outboxkit.inbox.inbox import Inbox
+
+Outcome = bool | Exception
+"""What became of one message of a batch: True (handled), False (a duplicate) or the
+exception it failed with (nothing of it remains)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +51,19 @@ class BatchResult:
             delay = message_backoff(attempt, settings.backoff_base, settings.backoff_max)
             self.retry.append((stored.seq, error, delay))
 
+    @classmethod
+    def of(
+        cls, batch: list[StoredMessage], outcomes: list[Outcome], settings: ConsumerSettings
+    ) -> BatchResult:
+        """What the handlers' `outcomes` (one per claimed message) make of the batch."""
+        result = cls()
+        for stored, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                result.failed(stored, outcome, settings)
+            else:
+                result.done.append(stored.seq)
+        return result
+
     @property
     def count(self) -> int:
         return len(self.done) + len(self.retry) + len(self.dead)
@@ -78,9 +84,10 @@ def to_stored(row: Sequence[Any]) -> StoredMessage:
     return StoredMessage(seq, attempts, message)
 
 
-def _settle_params(
+def settle_params(
     inbox: Inbox, result: BatchResult, keep_payload: bool
 ) -> list[tuple[str, dict[str, Any]]]:
+    """The statements (query name, parameters) that record a batch's `result`."""
     consumer = inbox.consumer
     statements: list[tuple[str, dict[str, Any]]] = []
     if result.done:
@@ -104,108 +111,18 @@ def _settle_params(
             )
         )
     if result.dead:
-        seqs, errors = zip(*result.dead, strict=True)
-        statements.append(
-            ("bury_stored", {"consumer": consumer, "seqs": list(seqs), "errors": list(errors)})
-        )
+        statements.append(("bury", inbox.bury_params(stored=result.dead)))
     return statements
 
 
-def _claim_params(inbox: Inbox, limit: int) -> dict[str, Any]:
-    return {"consumer": inbox.consumer, "limit": limit}
+def claim_params(inbox: Inbox, settings: ConsumerSettings) -> dict[str, Any]:
+    """Parameters of the `claim` query: a batch of this consumer's stored messages."""
+    return {"consumer": inbox.consumer, "limit": settings.batch_size}
 
 
-def process_batch_sync(
-    inbox: Inbox, conn: psycopg.Connection[Any], settings: ConsumerSettings
-) -> BatchResult:
-    """Claim and handle one batch with sync handlers on a sync connection."""
-    with contextlib.suppress(HandlerFailed), optimistic_transaction(conn, inbox.pipelined):
-        rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
-        result = BatchResult()
-        with handler_failures(conn):
-            for stored in _first_tries(rows.fetchall()):
-                cast(SyncHandler, _handler(inbox, stored.message))(conn, stored.message)
-                result.done.append(stored.seq)
-        _settle_sync(inbox, conn, result, settings)
-        return result
-    result = BatchResult()
-    with conn.transaction():
-        rows = conn.execute(inbox.queries["claim"], _claim_params(inbox, settings.batch_size))
-        for stored in [to_stored(row) for row in rows.fetchall()]:
-            try:
-                with message_savepoint(conn, inbox.queries):
-                    handler = cast(SyncHandler, _handler(inbox, stored.message))
-                    handler(conn, stored.message)
-                result.done.append(stored.seq)
-            except Exception as exc:
-                if isinstance(exc, psycopg.Error) and connection_lost(conn):
-                    raise
-                result.failed(stored, exc, settings)
-        _settle_sync(inbox, conn, result, settings)
-    return result
-
-
-async def process_batch_async(
-    inbox: Inbox, conn: psycopg.AsyncConnection[Any], settings: ConsumerSettings
-) -> BatchResult:
-    """Claim and handle one batch with async handlers on an async connection."""
-    claim = inbox.queries["claim"], _claim_params(inbox, settings.batch_size)
-    with contextlib.suppress(HandlerFailed):
-        async with optimistic_atransaction(conn, inbox.pipelined):
-            rows = await (await conn.execute(*claim)).fetchall()
-            result = BatchResult()
-            with handler_failures(conn):
-                for stored in _first_tries(rows):
-                    handler = cast(AsyncHandler, _handler(inbox, stored.message))
-                    await handler(conn, stored.message)
-                    result.done.append(stored.seq)
-            await _settle_async(inbox, conn, result, settings)
-            return result
-    result = BatchResult()
-    async with conn.transaction():
-        rows = await (await conn.execute(*claim)).fetchall()
-        for stored in [to_stored(row) for row in rows]:
-            try:
-                async with amessage_savepoint(conn, inbox.queries):
-                    handler = cast(AsyncHandler, _handler(inbox, stored.message))
-                    await handler(conn, stored.message)
-                result.done.append(stored.seq)
-            except Exception as exc:
-                if isinstance(exc, psycopg.Error) and connection_lost(conn):
-                    raise
-                result.failed(stored, exc, settings)
-        await _settle_async(inbox, conn, result, settings)
-    return result
-
-
-def _first_tries(rows: Sequence[Sequence[Any]]) -> list[StoredMessage]:
-    """The claimed batch for the optimistic pass; a message that failed before (it has
+def first_tries(batch: list[StoredMessage]) -> list[bool]:
+    """The optimistic pass runs every claimed message; one that failed before (it has
     attempts) sends the batch to the careful pass at once, instead of failing it twice."""
-    batch = [to_stored(row) for row in rows]
     if any(stored.attempts for stored in batch):
         raise HandlerFailed
-    return batch
-
-
-def _settle_sync(
-    inbox: Inbox, conn: psycopg.Connection[Any], result: BatchResult, settings: ConsumerSettings
-) -> None:
-    for name, params in _settle_params(inbox, result, settings.keep_payload):
-        conn.execute(inbox.queries[name], params)
-
-
-async def _settle_async(
-    inbox: Inbox,
-    conn: psycopg.AsyncConnection[Any],
-    result: BatchResult,
-    settings: ConsumerSettings,
-) -> None:
-    for name, params in _settle_params(inbox, result, settings.keep_payload):
-        await conn.execute(inbox.queries[name], params)
-
-
-def _handler(inbox: Inbox, message: Message) -> Any:
-    registration = inbox.registry.find(message.topic)
-    if registration is None:
-        raise NoHandler(f"consumer {inbox.consumer!r} has no handler for topic {message.topic!r}")
-    return registration.handler
+    return [True] * len(batch)

@@ -78,7 +78,7 @@ async def test_idempotent_mode_stores_a_hostile_handler_error_cleanly(
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_durable_mode_stores_a_hostile_handler_error_cleanly(dsn: str, kind: str) -> None:
-    """Retries (mark_failed) and the dead letter (bury_stored) both store the error."""
+    """Retries (mark_failed) and the dead letter (bury) both store the error."""
     ib = hostile_inbox(kind)
     config = durable_settings(dsn, max_attempts=2, concurrency=1)
     message = outbox.message("orders.created", {"n": 1})

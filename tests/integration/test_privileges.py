@@ -355,7 +355,7 @@ async def test_consumer_consumes_chains_dead_letters_and_prunes_its_own(billing:
         stored = [outbox.message("order.created", {"id": n}) for n in (0, 2, 3)]
         await slot.store(stored)
         result = await slot.process_stored()
-        assert (len(result.done), len(result.dead)) == (2, 1)  # bury_stored: its own
+        assert (len(result.done), len(result.dead)) == (2, 1)  # bury: its own
         await slot.bury(outbox.message("order.created", {"id": 9}), 5, "gave up")
         await slot.handle_many([outbox.message("order.created", {"id": n}) for n in (4, 5)])
     finally:

@@ -98,7 +98,7 @@ def stored_inbox(dsn: str) -> Iterator[tuple[psycopg.Connection[Any], Inbox]]:
                 for n in range(first, first + 2000)
             ]
             with conn.transaction():
-                conn.execute(ib.queries["store"], ib.store_params(messages))
+                conn.execute(ib.queries["store"], ib.message_params(messages))
         # Half of them processed already, as in a running consumer.
         conn.execute(
             "UPDATE outboxkit.inbox_messages SET processed_at = now(), payload = NULL "
@@ -145,6 +145,8 @@ def test_durable_worker_queries_use_indexes(
     assert seq_scans(conn, ib.queries["mark_processed"], processed) == []
     failed = {"consumer": "plans", "seqs": seqs, "errors": ["e"] * 100, "delays": [1.0] * 100}
     assert seq_scans(conn, ib.queries["mark_failed"], failed) == []
-    buried = {"consumer": "plans", "seqs": seqs, "errors": ["e"] * 100}
-    assert seq_scans(conn, ib.queries["bury_stored"], buried) == []
+    buried = ib.bury_params(stored=[(seq, "e") for seq in seqs])
+    assert seq_scans(conn, ib.queries["bury"], buried) == []
+    delivered = ib.bury_params(delivered=[(outbox.message("orders.created", {}), 5, "e")])
+    assert seq_scans(conn, ib.queries["bury"], delivered) == []
     conn.rollback()
