@@ -37,16 +37,6 @@ SELECT count(*) FROM (
     ) AS ordered
 ) AS locked
 
--- name: store
--- Durable mode: keep the messages to process later; duplicates are dropped on arrival.
-INSERT INTO {inbox_messages}
-    (consumer, message_id, topic, key, payload, content_type, headers)
-SELECT %(consumer)s, m.message_id, m.topic, m.key, m.payload, m.content_type, m.headers
-FROM unnest(%(message_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[],
-            %(payloads)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[])
-     AS m(message_id, topic, key, payload, content_type, headers)
-ON CONFLICT (consumer, message_id) DO NOTHING
-
 -- name: claim
 -- Durable worker: the oldest unprocessed message of each key (keyless ones freely), that no
 -- other worker holds. A key's next message becomes claimable once its head is processed.

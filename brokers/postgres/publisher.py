@@ -82,7 +82,7 @@ class PostgresPublisher:
         queries = sqlfile.bind(
             sqlfile.load("outboxkit.brokers.postgres", "queries.sql"), schema, TABLES
         )
-        self._insert = queries["insert_inbox"]
+        self._insert = queries["store"]
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
 
