@@ -180,7 +180,7 @@ def topic_segment(topic: str) -> str:
     return "%2E" * len(segment) if segment in (".", "..") else segment
 
 
-@converter("an environment variable's name")
+@converter("environment variable name")
 def _env_name(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw):
         raise ValueError(f"expected the name of an environment variable, got {raw!r}")

@@ -117,7 +117,7 @@ class PulsarOptions:
         return settings
 
 
-@converter(f"a whole number > {FRAME_PADDING}")
+@converter(f"whole number > {FRAME_PADDING}")
 def _max_message_bytes(raw: str) -> int:
     value: int = integer()(raw)
     if value <= FRAME_PADDING:

@@ -75,7 +75,7 @@ class AmqpOptions:
         return scrub(error, (self.password if self.password != "guest" else None,))
 
 
-@converter(f"a name of 1 to {MAX_SHORTSTR} bytes")
+@converter(f"name of 1 to {MAX_SHORTSTR} bytes")
 def _name(raw: str) -> str:
     if not raw or len(raw.encode()) > MAX_SHORTSTR:
         raise ValueError(f"expected a name of 1 to {MAX_SHORTSTR} bytes, got {raw!r}")

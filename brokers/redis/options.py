@@ -106,7 +106,7 @@ class RedisOptions:
         return kwargs
 
 
-@converter("a stream key, not empty")
+@converter("stream key, not empty")
 def _key(raw: str) -> str:
     if not raw:
         raise ValueError("a stream key cannot be empty")

@@ -67,12 +67,16 @@ def whole(raw: str) -> int:
     return int(raw)
 
 
+def _n(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _bounds(low: float | None, high: float | None, above: bool) -> str:
     if low is not None and high is not None:
-        return f"from {low:g} to {high:g}"
+        return f"from {_n(low)} to {_n(high)}"
     if low is not None:
-        return f"{'>' if above else '>='} {low:g}"
-    return f"<= {high:g}" if high is not None else ""
+        return f"{'>' if above else '>='} {_n(low)}"
+    return f"<= {_n(high)}" if high is not None else ""
 
 
 def _ranged(

@@ -28,7 +28,7 @@ STRAY_AT = (
 PORT_PROBLEM = "the port must be a number from 1 to 65535"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _END_OF_HOST = re.compile(r"[/?#]")
-_NOT_IN_HOST = re.compile(r"[\s\[\]\\<>\"'`{}|^%]")
+_NOT_IN_HOST = re.compile(r"[\s\[\]\\<>\"'`{}|^%,]")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%25[A-Za-z0-9_.~-]+)?")
 
 
