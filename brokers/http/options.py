@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from outboxkit.brokers.http.signature import DEFAULT_VERSIONS, VERSIONS
-from outboxkit.brokers.url import BOOL, TEXT, Option, OptionTable, converter, integer, number
+from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, converter, integer
+from outboxkit.brokers.url.table import Option, OptionTable
 from outboxkit.outbox import limits
 from outboxkit.outbox.envelope import CONTENT_TYPE, KEY, RESERVED, TOPIC, from_headers, to_headers
 from outboxkit.outbox.errors import ConfigurationError, InvalidMessage
@@ -211,7 +212,6 @@ def _listen(raw: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-_SECONDS = number(0, above=True)
 TABLE = OptionTable(
     label="HTTP",
     form="http[s]://host[:port]/path",
@@ -219,10 +219,10 @@ TABLE = OptionTable(
     kind=HttpOptions,
     prefix=OPTION_PREFIX,
     options=(
-        Option("timeout", _SECONDS, "seconds for a request (publisher) or a body (consumer)"),
+        Option("timeout", SECONDS, "seconds for a request (publisher) or a body (consumer)"),
         Option("secret_env", _env_name, "the environment variable holding the signing secrets"),
         Option("max_bytes", integer(1, 2**31), "largest body sent or accepted"),
-        Option("connect_timeout", _SECONDS, "seconds to open a connection", "publisher"),
+        Option("connect_timeout", SECONDS, "seconds to open a connection", "publisher"),
         Option("concurrency", integer(1, 1024), "requests in flight", "publisher"),
         Option(
             "retry_status",
@@ -235,8 +235,8 @@ TABLE = OptionTable(
         Option(
             "listen", _listen, "where the consumer listens", "consumer", default="the URL's host"
         ),
-        Option("tolerance", _SECONDS, "seconds a signature's time may be off", "consumer"),
-        Option("hold_timeout", _SECONDS, "seconds a request waits for its inbox batch", "consumer"),
+        Option("tolerance", SECONDS, "seconds a signature's time may be off", "consumer"),
+        Option("hold_timeout", SECONDS, "seconds a request waits for its inbox batch", "consumer"),
         Option("accept_v1", BOOL, "accept v1 signatures (rolling upgrades only)", "consumer"),
         Option(
             "insecure_no_auth",

@@ -17,17 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url import (
-    TEXT,
-    Option,
-    OptionTable,
-    Side,
-    choice,
-    integer,
-    number,
-    optional,
-    scrub,
-)
+from outboxkit.brokers.url.convert import SECONDS, TEXT, choice, integer, number, optional
+from outboxkit.brokers.url.split import scrub
+from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable, Side
 from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_PORT = 9092
@@ -97,7 +89,6 @@ class KafkaOptions:
         return config
 
 
-_SECONDS = number(0, above=True)
 TABLE = OptionTable(
     label="Kafka",
     form="kafka://host[:port]",
@@ -116,15 +107,13 @@ TABLE = OptionTable(
         Option("sasl_mechanism", choice(*SASL_MECHANISMS, any_case=True), "SASL mechanism"),
         Option("ssl_ca_location", optional(TEXT), "CA bundle to verify the brokers with"),
         Option("client_id", TEXT, "librdkafka's client.id"),
-        Option("connect_timeout", _SECONDS, "seconds to open a connection"),
-        Option("timeout", _SECONDS, "seconds for a delivery report or a client call"),
+        CONNECT_TIMEOUT,
+        Option("timeout", SECONDS, "seconds for a delivery report or a client call"),
         Option("max_message_bytes", integer(0, above=True), "largest message sent", "publisher"),
         Option("linger_ms", number(0), "milliseconds a batch waits for more", "publisher"),
-        Option("session_timeout", _SECONDS, "seconds of the group session", "consumer"),
-        Option("max_poll_interval", _SECONDS, "seconds allowed between two polls", "consumer"),
-        Option(
-            "metadata_refresh", _SECONDS, "seconds between topic metadata refreshes", "consumer"
-        ),
+        Option("session_timeout", SECONDS, "seconds of the group session", "consumer"),
+        Option("max_poll_interval", SECONDS, "seconds allowed between two polls", "consumer"),
+        Option("metadata_refresh", SECONDS, "seconds between topic metadata refreshes", "consumer"),
         Option(
             "auto_offset_reset",
             choice(*OFFSET_RESETS, any_case=True),

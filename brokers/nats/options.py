@@ -15,18 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from outboxkit.brokers.url import (
-    BOOL,
-    TEXT,
-    Option,
-    OptionTable,
-    Side,
-    choice,
-    converter,
-    integer,
-    number,
-)
-from outboxkit.brokers.url import scrub as _scrub
+from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, choice, converter, integer, number
+from outboxkit.brokers.url.split import scrub as _scrub
+from outboxkit.brokers.url.table import Option, OptionTable, Side
 from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_PORT = 4222
@@ -80,7 +71,7 @@ def _max_deliver(raw: str) -> int:
     return value
 
 
-_SECONDS = number(0)
+_DURATION = number(0)  # seconds, 0 allowed
 TABLE = OptionTable(
     label="NATS",
     form="nats://host[:port]",
@@ -91,16 +82,16 @@ TABLE = OptionTable(
         Option("subject_prefix", TEXT, "a message's subject is `subject_prefix + topic`"),
         Option("subjects", _subjects, "the subjects of a stream we create (`<subject_prefix>>`)"),
         Option("create_stream", BOOL, "create the stream if missing (never altered)"),
-        Option("duplicate_window", _SECONDS, "seconds JetStream drops a republished message"),
-        Option("max_age", _SECONDS, "seconds a stream we create keeps messages (0: forever)"),
+        Option("duplicate_window", _DURATION, "seconds JetStream drops a republished message"),
+        Option("max_age", _DURATION, "seconds a stream we create keeps messages (0: forever)"),
         Option("replicas", integer(0), "replicas of a stream we create"),
         Option("storage", choice(*STORAGE_TYPES), "storage of a stream we create"),
-        Option("timeout", _SECONDS, "seconds to wait for a PubAck or a stream call"),
+        Option("timeout", _DURATION, "seconds to wait for a PubAck or a stream call"),
         Option("connect_timeout", integer(0), "seconds to open a connection"),
         Option("reconnect_wait", integer(0), "seconds between reconnection attempts"),
         Option(
             "ack_wait",
-            number(0, above=True),
+            SECONDS,
             "seconds JetStream waits for an ack before it redelivers",
             side="consumer",
         ),

@@ -18,18 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url import (
-    BOOL,
-    TEXT,
-    Option,
-    OptionTable,
-    Side,
-    converter,
-    integer,
-    number,
-    optional,
-    scrub,
-)
+from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, integer, optional
+from outboxkit.brokers.url.split import scrub
+from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable, Side
 from outboxkit.outbox.errors import ConfigurationError
 from outboxkit.outbox.redact import redact_dsn
 
@@ -117,15 +108,6 @@ class PulsarOptions:
         return settings
 
 
-@converter(f"whole number > {FRAME_PADDING}")
-def _max_message_bytes(raw: str) -> int:
-    value: int = integer()(raw)
-    if value <= FRAME_PADDING:
-        raise ValueError(f"expected more than {FRAME_PADDING}, got {raw!r}")
-    return value
-
-
-_SECONDS = number(0, above=True)
 TABLE = OptionTable(
     label="Pulsar",
     form="pulsar://host[:port] or pulsar+ssl://…",
@@ -137,12 +119,17 @@ TABLE = OptionTable(
         Option("namespace", TEXT, "the namespace of the topics"),
         Option("topic_prefix", TEXT, "a message's Pulsar topic is `topic_prefix + topic`"),
         Option("topic", optional(TEXT), "one Pulsar topic for every message"),
-        Option("connect_timeout", _SECONDS, "seconds to open a connection"),
-        Option("timeout", _SECONDS, "seconds for a send or a client call (whole seconds up)"),
+        CONNECT_TIMEOUT,
+        Option("timeout", SECONDS, "seconds for a send or a client call (whole seconds up)"),
         Option("tls_trust_certs", optional(TEXT), "CA bundle to verify the brokers with"),
         Option("tls_allow_insecure", BOOL, "accept an unverified server certificate"),
         Option("tls_validate_hostname", BOOL, "check the server's host name"),
-        Option("max_message_bytes", _max_message_bytes, "largest message sent", "publisher"),
+        Option(
+            "max_message_bytes",
+            integer(FRAME_PADDING, above=True),
+            "largest message sent (payload and metadata)",
+            side="publisher",
+        ),
         Option("receiver_queue_size", integer(0, above=True), "messages prefetched", "consumer"),
         Option(
             "discovery_interval",

@@ -17,17 +17,9 @@ import ssl
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from outboxkit.brokers.url import (
-    BOOL,
-    TEXT,
-    Option,
-    OptionTable,
-    choice,
-    converter,
-    integer,
-    number,
-    scrub,
-)
+from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, choice, converter, integer
+from outboxkit.brokers.url.split import scrub
+from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable
 from outboxkit.outbox.topics import matches_any
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -82,7 +74,6 @@ def _name(raw: str) -> str:
     return raw
 
 
-_SECONDS = number(0, above=True)
 TABLE = OptionTable(
     label="AMQP",
     form="amqp://host[:port][/vhost] or amqps://…",
@@ -93,10 +84,10 @@ TABLE = OptionTable(
         Option("certfile", TEXT, "client certificate (amqps:// only)"),
         Option("keyfile", TEXT, "client certificate's key (amqps:// only; needs certfile)"),
         Option("verify", BOOL, "verify the server's certificate and host name"),
-        Option("timeout", _SECONDS, "seconds for publisher confirms, declarations and acks"),
-        Option("connect_timeout", _SECONDS, "seconds to open a connection"),
+        Option("timeout", SECONDS, "seconds for publisher confirms, declarations and acks"),
+        CONNECT_TIMEOUT,
         Option("heartbeat", integer(0), "seconds between AMQP heartbeats (0: none)"),
-        Option("reconnect_wait", _SECONDS, "seconds between reconnection attempts"),
+        Option("reconnect_wait", SECONDS, "seconds between reconnection attempts"),
         Option("exchange", _name, "the topic exchange messages are published to"),
         Option("declare", BOOL, "declare the exchange (and the consumer's queue) if missing"),
         Option(

@@ -33,18 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url import (
-    BOOL,
-    TEXT,
-    Option,
-    OptionTable,
-    SplitUrl,
-    choice,
-    converter,
-    integer,
-    number,
-)
-from outboxkit.brokers.url import scrub as _scrub
+from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, choice, converter, integer
+from outboxkit.brokers.url.split import SplitUrl
+from outboxkit.brokers.url.split import scrub as _scrub
+from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable
 
 DEFAULT_PORT = 6379
 PAYLOAD_FIELD = "outboxkit-payload"
@@ -113,7 +105,6 @@ def _key(raw: str) -> str:
     return raw
 
 
-_SECONDS = number(0, above=True)
 _TLS = "(rediss:// only)"
 TABLE = OptionTable(
     label="Redis",
@@ -124,8 +115,8 @@ TABLE = OptionTable(
         Option("stream", _key, "the one stream every topic goes to"),
         Option("per_topic", BOOL, "each topic its own stream, `prefix + topic`"),
         Option("prefix", TEXT, "stream key prefix of per_topic=true (refused without it)"),
-        Option("timeout", _SECONDS, "seconds for any one command (a pipelined batch is one)"),
-        Option("connect_timeout", _SECONDS, "seconds to open a connection"),
+        Option("timeout", SECONDS, "seconds for any one command (a pipelined batch is one)"),
+        CONNECT_TIMEOUT,
         Option("ssl_ca_certs", TEXT, f"CA bundle to verify the server with {_TLS}"),
         Option("ssl_certfile", TEXT, f"client certificate {_TLS}"),
         Option("ssl_keyfile", TEXT, f"client certificate's key {_TLS}"),
@@ -136,7 +127,7 @@ TABLE = OptionTable(
         Option("replicas", integer(0), "replicas that must confirm a write (WAIT)", "publisher"),
         Option(
             "claim_idle",
-            _SECONDS,
+            SECONDS,
             "seconds before a pending entry of a dead consumer is claimed",
             side="consumer",
         ),

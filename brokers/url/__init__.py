@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from outboxkit.brokers.url.convert import (
     BOOL,
+    SECONDS,
     TEXT,
     Converter,
     choice,
@@ -33,11 +34,13 @@ from outboxkit.brokers.url.split import (
     split_url,
     stray_at,
 )
-from outboxkit.brokers.url.table import Option, OptionTable, Side
+from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable, Side
 
 __all__ = [
     "BOOL",
+    "CONNECT_TIMEOUT",
     "NETLOC_PROBLEM",
+    "SECONDS",
     "STRAY_AT",
     "TEXT",
     "Converter",

@@ -131,5 +131,6 @@ def _non_empty(raw: str) -> str:
 
 
 BOOL = Converter("bool", _bool)
+SECONDS = number(0, above=True)  # a duration
 TEXT = Converter("text", str)
 non_empty = Converter("text, not empty", _non_empty)

@@ -117,17 +117,7 @@ def split_url(
         hosts = tuple(_host(h, schemes[scheme]) for h in names) if hostpart else ()
     except ValueError as exc:
         raise ConfigurationError(f"invalid {label} URL {shown}: {exc}") from None
-    return SplitUrl(
-        scheme=scheme,
-        shown=shown,
-        hosts=hosts,
-        netloc=hostpart,
-        path=path,
-        query=query,
-        fragment=fragment,
-        user=user,
-        password=password,
-    )
+    return SplitUrl(scheme, shown, hosts, hostpart, path, query, fragment, user, password)
 
 
 def _host(raw: str, default_port: int | None) -> Host:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from outboxkit.brokers.url.convert import Converter
+from outboxkit.brokers.url.convert import SECONDS, Converter
 from outboxkit.brokers.url.split import SplitUrl, shown_name, split_url
 from outboxkit.outbox.errors import ConfigurationError
 
@@ -126,3 +126,7 @@ def _shown(value: object) -> str:
     if isinstance(value, str):
         return f"`{value}`" if value else '""'
     return str(value)
+
+
+# Options several brokers share, word for word.
+CONNECT_TIMEOUT = Option("connect_timeout", SECONDS, "seconds to open a connection")
