@@ -3,7 +3,7 @@
     python scripts/brokers_doc.py          # (re)write both files
     python scripts/brokers_doc.py --check  # exit 1 if either is not current (CI's check)
 
-Each broker folder's `options.TABLE` (`outboxkit.brokers.url.OptionTable`) is the one
+Each broker folder's `options.TABLE` (`outboxkit.brokers.url_options.OptionTable`) is the one
 truth: the docs show its options, and `outbox.redact` shows the values of the options the
 tables list (it may not import them: `outbox` sits below `brokers`).
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from outboxkit.brokers.registry import SCHEMES
-from outboxkit.brokers.url import OptionTable
+from outboxkit.brokers.url_options import OptionTable
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "brokers.md"

@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from outboxkit.brokers.http.signature import DEFAULT_VERSIONS, VERSIONS
-from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, converter, integer
-from outboxkit.brokers.url.table import Option, OptionTable
+from outboxkit.brokers.url_options import Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, converter, integer
 from outboxkit.outbox import limits
 from outboxkit.outbox.envelope import CONTENT_TYPE, KEY, RESERVED, TOPIC, from_headers, to_headers
 from outboxkit.outbox.errors import ConfigurationError, InvalidMessage

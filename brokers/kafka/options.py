@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url.convert import SECONDS, TEXT, choice, integer, number, optional
-from outboxkit.brokers.url.split import scrub
-from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable, Side
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable, Side
+from outboxkit.brokers.url_values import SECONDS, TEXT, choice, integer, number, optional
 from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_PORT = 9092

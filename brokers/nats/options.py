@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, choice, converter, integer, number
-from outboxkit.brokers.url.split import scrub as _scrub
-from outboxkit.brokers.url.table import Option, OptionTable, Side
+from outboxkit.brokers.url import scrub as _scrub
+from outboxkit.brokers.url_options import Option, OptionTable, Side
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, choice, converter, integer, number
 from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_PORT = 4222

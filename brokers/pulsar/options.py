@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, integer, optional
-from outboxkit.brokers.url.split import scrub
-from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable, Side
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable, Side
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, integer, optional
 from outboxkit.outbox.errors import ConfigurationError
 from outboxkit.outbox.redact import redact_dsn
 

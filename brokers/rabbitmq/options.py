@@ -17,9 +17,9 @@ import ssl
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, choice, converter, integer
-from outboxkit.brokers.url.split import scrub
-from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, choice, converter, integer
 from outboxkit.outbox.topics import matches_any
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}

@@ -33,10 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url.convert import BOOL, SECONDS, TEXT, choice, converter, integer
-from outboxkit.brokers.url.split import SplitUrl
-from outboxkit.brokers.url.split import scrub as _scrub
-from outboxkit.brokers.url.table import CONNECT_TIMEOUT, Option, OptionTable
+from outboxkit.brokers.url import SplitUrl
+from outboxkit.brokers.url import scrub as _scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, choice, converter, integer
 
 DEFAULT_PORT = 6379
 PAYLOAD_FIELD = "outboxkit-payload"

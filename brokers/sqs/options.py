@@ -78,9 +78,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from outboxkit.brokers.url.convert import BOOL, converter, integer, non_empty, number
-from outboxkit.brokers.url.split import scrub
-from outboxkit.brokers.url.table import Option, OptionTable
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, converter, integer, non_empty, number
 from outboxkit.outbox.envelope import from_headers, to_headers
 from outboxkit.outbox.errors import ConfigurationError, InvalidMessage
 from outboxkit.outbox.message import Message

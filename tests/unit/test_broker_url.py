@@ -1,5 +1,6 @@
-"""The one broker URL reading (`outboxkit.brokers.url`) and every broker's option table:
-one split, one truth table, numbers that refuse NaN and infinity, one unknown-option error.
+"""The one broker URL reading (`brokers/url.py`, `url_values.py`, `url_options.py`) and
+every broker's option table: one split, one truth table, numbers that refuse NaN and
+infinity, one unknown-option error.
 
 Pure: no broker client is imported (`test_options_need_no_broker_client` proves it).
 """
@@ -11,7 +12,8 @@ import sys
 
 import pytest
 
-from outboxkit.brokers.url import BOOL, SplitUrl, choice, integer, number, scrub, split_url
+from outboxkit.brokers.url import SplitUrl, scrub, split_url
+from outboxkit.brokers.url_values import BOOL, choice, integer, number
 from outboxkit.outbox.errors import ConfigurationError
 from tests.support.secrets import SECRET
 from tests.support.url_parsers import PARSERS, UrlParser

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from outboxkit.brokers.url.convert import SECONDS, Converter
-from outboxkit.brokers.url.split import SplitUrl, shown_name, split_url
+from outboxkit.brokers.url import SplitUrl, shown_name, split_url
+from outboxkit.brokers.url_values import SECONDS, Converter
 from outboxkit.outbox.errors import ConfigurationError
 
 Side = Literal["both", "publisher", "consumer"]

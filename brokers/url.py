@@ -1,5 +1,10 @@
 """A broker URL split once: scheme, credentials, hosts with their ports, path and query.
 
+The one reading of broker URLs that every `brokers/<name>/options.py` shares is three
+modules: this one (the split), `url_values` (the converters of option values) and
+`url_options` (a broker's options as a table: the query read once, one "unknown option"
+error, the source of docs/brokers.md).
+
 Error texts never quote the URL's pieces verbatim where they might be part of a
 credential: a password with an unencoded `/`, `?` or `#` is misread as a host, a port or
 a query, so a misread port or an unknown option's name may be a piece of it. Messages
