@@ -25,15 +25,17 @@ from urllib.parse import unquote_plus
 import psycopg
 from psycopg import conninfo
 
+from outboxkit.outbox.broker_options import BROKER_OPTIONS
+
 MASK = "***"
 UNPARSEABLE = "<unparseable DSN>"
 
-# Option names whose values are never secret: the options the broker URL parsers define
-# (brokers/*/options.py, the consumers' extras, the postgresql:// publisher's own), and libpq's
-# keywords that hold no credential. `password`, `sslpassword`, `passfile`, `options`,
-# `scram_*_key` and `oauth_*` are left out on purpose. tests/unit/test_redact.py checks
-# that every parser option is listed here.
-HARMLESS_OPTIONS = frozenset(
+# Option names whose values are never secret: libpq's keywords that hold no credential, the
+# postgresql:// publisher's own, and every broker URL table's options but secret ones
+# (`BROKER_OPTIONS`, generated from brokers/*/options.py by scripts/brokers_doc.py).
+# `password`, `sslpassword`, `passfile`, `options`, `scram_*_key` and `oauth_*` are left out
+# on purpose. tests/unit/test_redact.py checks that every parser option is listed here.
+HARMLESS_OPTIONS = BROKER_OPTIONS | frozenset(
     {
         # libpq
         "application_name", "channel_binding", "client_encoding", "connect_timeout",
@@ -47,31 +49,6 @@ HARMLESS_OPTIONS = frozenset(
         "tcp_user_timeout", "user",
         # postgresql:// publisher
         "consumer", "schema", "timeout",
-        # nats://
-        "stream", "subject_prefix", "subjects", "create_stream", "duplicate_window",
-        "max_age", "replicas", "storage", "reconnect_wait", "ack_wait", "max_deliver",
-        # amqp[s]://
-        "cafile", "certfile", "keyfile", "verify", "heartbeat", "exchange", "declare",
-        "max_message_bytes", "queue", "prefetch", "dead_letter_exchange", "queue_type",
-        # redis[s]://
-        "per_topic", "prefix", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
-        "ssl_cert_reqs", "ssl_check_hostname", "maxlen", "claim_idle",
-        # kafka://
-        "topic_prefix", "topic", "security_protocol", "sasl_mechanism", "ssl_ca_location",
-        "client_id", "linger_ms", "session_timeout", "max_poll_interval", "metadata_refresh",
-        "auto_offset_reset",
-        # sqs://
-        "region", "tls", "queue_prefix", "fifo", "keyless_group", "create", "visibility",
-        "rescan",
-        # pulsar[+ssl]://
-        "tenant", "namespace", "tls_trust_certs", "tls_allow_insecure",
-        "tls_validate_hostname", "receiver_queue_size", "discovery_interval",
-        # http[s]:// (outboxkit_ + the option)
-        "outboxkit_timeout", "outboxkit_secret_env", "outboxkit_max_bytes",
-        "outboxkit_connect_timeout", "outboxkit_concurrency", "outboxkit_retry_status",
-        "outboxkit_ca_file", "outboxkit_listen", "outboxkit_tolerance",
-        "outboxkit_hold_timeout", "outboxkit_sign", "outboxkit_accept_v1",
-        "outboxkit_insecure_no_auth", "outboxkit_max_buffered_bytes", "outboxkit_max_connections",
     }
 )  # fmt: skip
 

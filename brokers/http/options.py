@@ -48,18 +48,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from outboxkit.brokers.http.signature import DEFAULT_VERSIONS, VERSIONS
-from outboxkit.brokers.url import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
+from outboxkit.brokers.url_options import Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, converter, integer
 from outboxkit.outbox import limits
 from outboxkit.outbox.envelope import CONTENT_TYPE, KEY, RESERVED, TOPIC, from_headers, to_headers
 from outboxkit.outbox.errors import ConfigurationError, InvalidMessage
 from outboxkit.outbox.message import Message
-from outboxkit.outbox.redact import HARMLESS_OPTIONS, redact_dsn
+from outboxkit.outbox.redact import HARMLESS_OPTIONS
 
 OPTION_PREFIX = "outboxkit_"
 HEADER_PREFIX = "outboxkit-header-"
@@ -75,7 +75,6 @@ _VALUE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%" and not
 # A header name's token characters, without `%` (the escape) and without upper case.
 _NAME_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$&'*+-.^_`|~")
 _VISIBLE = re.compile(r"[\x20-\x7e]*")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,9 +174,6 @@ class HttpOptions:
         return text
 
 
-Converter = Callable[[str], Any]
-
-
 def topic_segment(topic: str) -> str:
     """`topic` as one path segment: `/` escaped, and `.`/`..` escaped too, since clients and
     proxies remove those dot segments (`/events/../in` is `/in`)."""
@@ -185,35 +181,14 @@ def topic_segment(topic: str) -> str:
     return "%2E" * len(segment) if segment in (".", "..") else segment
 
 
-def _bool(raw: str) -> bool:
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _positive(raw: str) -> float:
-    value = finite_float(raw)
-    if not value > 0:
-        raise ValueError(f"expected a number > 0, got {raw!r}")
-    return value
-
-
-def _count(low: int, high: int) -> Converter:
-    def convert(raw: str) -> int:
-        value = int(raw)
-        if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}, got {raw!r}")
-        return value
-
-    return convert
-
-
+@converter("environment variable name")
 def _env_name(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw):
         raise ValueError(f"expected the name of an environment variable, got {raw!r}")
     return raw
 
 
+@converter("4xx statuses, comma-separated")
 def _statuses(raw: str) -> frozenset[int]:
     found = frozenset(int(s) for s in raw.split(",") if s.strip())
     if any(not 400 <= s <= 499 for s in found):
@@ -221,6 +196,7 @@ def _statuses(raw: str) -> frozenset[int]:
     return found
 
 
+@converter("v2 or v1,v2")
 def _versions(raw: str) -> tuple[str, ...]:
     found = tuple(dict.fromkeys(v.strip() for v in raw.split(",") if v.strip()))
     if "v2" not in found or any(v not in VERSIONS for v in found):
@@ -228,6 +204,7 @@ def _versions(raw: str) -> tuple[str, ...]:
     return found
 
 
+@converter("host:port")
 def _listen(raw: str) -> tuple[str, int]:
     host, sep, port = raw.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -235,74 +212,74 @@ def _listen(raw: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-OPTIONS: dict[str, Converter] = {
-    "timeout": _positive,
-    "secret_env": _env_name,
-    "max_bytes": _count(1, 2**31),
-    "connect_timeout": _positive,
-    "concurrency": _count(1, 1024),
-    "retry_status": _statuses,
-    "ca_file": str,
-    "sign": _versions,
-    "listen": _listen,
-    "tolerance": _positive,
-    "hold_timeout": _positive,
-    "accept_v1": _bool,
-    "insecure_no_auth": _bool,
-    "max_connections": _count(1, 65536),
-    "max_buffered_bytes": _count(1, 2**40),
-}
+TABLE = OptionTable(
+    label="HTTP",
+    form="http[s]://host[:port]/path",
+    schemes={"http": 80, "https": 443},
+    kind=HttpOptions,
+    prefix=OPTION_PREFIX,
+    options=(
+        Option("timeout", SECONDS, "seconds for a request (publisher) or a body (consumer)"),
+        Option("secret_env", _env_name, "the environment variable holding the signing secrets"),
+        Option("max_bytes", integer(1, 2**31), "largest body sent or accepted"),
+        Option("connect_timeout", SECONDS, "seconds to open a connection", "publisher"),
+        Option("concurrency", integer(1, 1024), "requests in flight", "publisher"),
+        Option(
+            "retry_status",
+            _statuses,
+            "4xx statuses that are retried, not rejected",
+            side="publisher",
+        ),
+        Option("ca_file", TEXT, "CA bundle to verify an https:// endpoint with", "publisher"),
+        Option("sign", _versions, "signature versions sent", "publisher"),
+        Option(
+            "listen", _listen, "where the consumer listens", "consumer", default="the URL's host"
+        ),
+        Option("tolerance", SECONDS, "seconds a signature's time may be off", "consumer"),
+        Option("hold_timeout", SECONDS, "seconds a request waits for its inbox batch", "consumer"),
+        Option("accept_v1", BOOL, "accept v1 signatures (rolling upgrades only)", "consumer"),
+        Option(
+            "insecure_no_auth",
+            BOOL,
+            "run the consumer without any credentials (logs a warning)",
+            side="consumer",
+        ),
+        Option("max_connections", integer(1, 65536), "connections served at once", "consumer"),
+        Option(
+            "max_buffered_bytes",
+            integer(1, 2**40),
+            "bytes of bodies held in memory at once",
+            side="consumer",
+        ),
+    ),
+)
 
 
 def parse_url(url: str) -> HttpOptions:
     """`HttpOptions` from an `http[s]://` URL; `ConfigurationError` for anything malformed."""
-    shown = redact_dsn(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid HTTP URL {shown}: {STRAY_AT}")
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise ConfigurationError(f"invalid HTTP URL {shown}: {NETLOC_PROBLEM}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not host:
-        raise ConfigurationError(f"expected http[s]://host[:port]/path, got {shown}")
-    if parts.fragment:
-        raise ConfigurationError(f"{shown}: a webhook URL has no #fragment")
-    path = parts.path or "/"
-    pieces = _PLACEHOLDER.split(path)
+    parts = TABLE.split(url)
+    if parts.fragment or url.endswith("#"):
+        raise parts.error("a webhook URL has no #fragment")
+    pieces = _PLACEHOLDER.split(parts.path or "/")
     if len(pieces) > 2:
-        raise ConfigurationError(f"{shown}: {{topic}} may appear once in the path")
+        raise parts.error("{topic} may appear once in the path")
     if _PLACEHOLDER.search(parts.query):
-        raise ConfigurationError(f"{shown}: {{topic}} is only replaced in the path")
-    kept, fields = [], {}
-    try:
-        for item in filter(None, parts.query.split("&")):
-            raw_name, _, raw_value = item.partition("=")
-            name = unquote(raw_name)
-            if not name.startswith(OPTION_PREFIX):
-                kept.append(item)  # the endpoint's own: sent as written
-                continue
-            option = name[len(OPTION_PREFIX) :]
-            if option not in OPTIONS:
-                known = ", ".join(OPTION_PREFIX + o for o in sorted(OPTIONS))
-                raise ValueError(f"unknown option {shown_name(name)}; known: {known}")
-            fields[option] = OPTIONS[option](unquote(raw_value.replace("+", " ")))
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid option in {shown}: {exc}") from None
-    hostport = parts.netloc.rpartition("@")[2]
+        raise parts.error("{topic} is only replaced in the path")
+    ours = [(n, v) for n, v, _ in parts.items() if n.startswith(OPTION_PREFIX)]
+    kept = [item for n, _, item in parts.items() if not n.startswith(OPTION_PREFIX)]
+    host = parts.hosts[0]
     return HttpOptions(
-        scheme=scheme,
-        host=host,
-        port=port or (443 if scheme == "https" else 80),
-        origin=f"{scheme}://{hostport}",
+        scheme=parts.scheme,
+        host=host.name,
+        port=host.port or 80,  # (the table gives each scheme its default)
+        origin=f"{parts.scheme}://{parts.netloc}",
         path_prefix=pieces[0],
         path_suffix=pieces[1] if len(pieces) == 2 else None,
-        query="&".join(kept),
-        display=shown,
-        user=unquote(parts.username) if parts.username is not None else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        **fields,
+        query="&".join(kept),  # the endpoint's own: sent as written
+        display=parts.shown,
+        user=parts.user,
+        password=parts.password,
+        **TABLE.read(ours, parts.shown),
     )
 
 

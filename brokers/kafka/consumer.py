@@ -89,7 +89,7 @@ PartitionKey = tuple[str, int]
 
 def parse_url(url: str) -> KafkaOptions:
     """`KafkaOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    options = kafka_url.parse_url(url, ignored=kafka_url.PUBLISHER_ONLY)
+    options = kafka_url.parse_url(url, "consumer")
     if options.max_poll_interval < options.session_timeout:
         raise ConfigurationError(
             f"{options.display}: max_poll_interval must be at least session_timeout"

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote
+from typing import Any
 
-from outboxkit.brokers.url import STRAY_AT, finite_float, shown_name, stray_at
-from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable, Side
+from outboxkit.brokers.url_values import SECONDS, TEXT, choice, integer, number, optional
 from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_PORT = 9092
@@ -29,8 +28,6 @@ SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 OFFSET_RESETS = ("earliest", "latest")
 _NOT_IN_TOPIC = re.compile(r"[^a-zA-Z0-9._-]")
-
-Converter = Callable[[str], object]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +63,7 @@ class KafkaOptions:
 
     def scrub(self, error: object) -> str:
         """`error` as text with the URL's password masked."""
-        text = str(error) or type(error).__name__
-        return text.replace(self.password, "***") if self.password else text
+        return scrub(error, (self.password,))
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings every client of this URL shares."""
@@ -93,133 +89,63 @@ class KafkaOptions:
         return config
 
 
-# Options read by one side only; the other accepts and ignores them.
-PUBLISHER_ONLY = frozenset({"max_message_bytes", "linger_ms"})
-CONSUMER_ONLY = frozenset(
-    {"session_timeout", "max_poll_interval", "metadata_refresh", "auto_offset_reset"}
+TABLE = OptionTable(
+    label="Kafka",
+    form="kafka://host[:port]",
+    schemes={"kafka": DEFAULT_PORT},
+    kind=KafkaOptions,
+    many_hosts=True,
+    options=(
+        Option("topic_prefix", TEXT, "a message's Kafka topic is `topic_prefix + topic`"),
+        Option("topic", optional(TEXT), "one Kafka topic for every message"),
+        Option(
+            "security_protocol",
+            choice(*SECURITY_PROTOCOLS, any_case=True),
+            "librdkafka's security.protocol",
+            default="plaintext, sasl_plaintext with a user",
+        ),
+        Option("sasl_mechanism", choice(*SASL_MECHANISMS, any_case=True), "SASL mechanism"),
+        Option("ssl_ca_location", optional(TEXT), "CA bundle to verify the brokers with"),
+        Option("client_id", TEXT, "librdkafka's client.id"),
+        CONNECT_TIMEOUT,
+        Option("timeout", SECONDS, "seconds for a delivery report or a client call"),
+        Option("max_message_bytes", integer(0, above=True), "largest message sent", "publisher"),
+        Option("linger_ms", number(0), "milliseconds a batch waits for more", "publisher"),
+        Option("session_timeout", SECONDS, "seconds of the group session", "consumer"),
+        Option("max_poll_interval", SECONDS, "seconds allowed between two polls", "consumer"),
+        Option("metadata_refresh", SECONDS, "seconds between topic metadata refreshes", "consumer"),
+        Option(
+            "auto_offset_reset",
+            choice(*OFFSET_RESETS, any_case=True),
+            "where a new consumer group starts",
+            side="consumer",
+        ),
+    ),
 )
 
 
-def parse_url(url: str, *, ignored: frozenset[str] = frozenset()) -> KafkaOptions:
-    """`KafkaOptions` from a broker URL; `ConfigurationError` for anything malformed.
-
-    Options named in `ignored` are accepted and left at their defaults.
-    """
-    shown = display(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid Kafka URL {shown}: {STRAY_AT}")
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != "kafka" or not sep:
-        raise ConfigurationError(f"expected kafka://host[:port], got {shown}")
-    netloc, _, query = rest.partition("?")
-    netloc = netloc.split("#", 1)[0].rstrip("/")
-    if "/" in netloc:
-        raise ConfigurationError(f"{shown}: a kafka:// URL has no path")
-    userinfo, at, hosts = netloc.rpartition("@")
-    user = password = None
-    if at:
-        raw_user, colon, raw_password = userinfo.partition(":")
-        user = unquote(raw_user) or None
-        password = unquote(raw_password) if colon else None
-    fields: dict[str, Any] = {}
-    try:
-        servers = ",".join(_server(host) for host in hosts.split(","))
-        for name, raw in parse_qsl(query, keep_blank_values=True):
-            if name not in OPTIONS:
-                _unknown(name, OPTIONS)
-            if name not in ignored:
-                fields[name] = OPTIONS[name](raw)
-        options = KafkaOptions(
-            servers=servers, display=shown, user=user, password=password, **fields
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid Kafka URL {shown}: {exc}") from None
+def parse_url(url: str, side: Side | None = None) -> KafkaOptions:
+    """`KafkaOptions` from a broker URL as `side` reads it (None: every option kept);
+    `ConfigurationError` for anything malformed."""
+    parts = TABLE.split(url)
+    parts.refuse_path()
+    options = KafkaOptions(
+        servers=",".join(map(str, parts.hosts)),
+        display=parts.shown,
+        user=parts.user or None,
+        password=parts.password,
+        **TABLE.read_url(parts, side),
+    )
     if options.topic is not None and not valid_topic(options.topic):
-        raise ConfigurationError(f"{shown}: topic={options.topic!r} is not a valid Kafka topic")
+        raise parts.error(f"topic={options.topic!r} is not a valid Kafka topic")
     if sanitize(options.topic_prefix) != options.topic_prefix:
-        raise ConfigurationError(
-            f"{shown}: topic_prefix may only hold letters, digits, '.', '_' and '-'"
-        )
+        raise parts.error("topic_prefix may only hold letters, digits, '.', '_' and '-'")
     return options
-
-
-def _server(host: str) -> str:
-    host = host.strip()
-    if not host:
-        raise ValueError("missing host")
-    if host.startswith("["):  # [v6]:port
-        address, _, port = host[1:].partition("]")
-        port = port.removeprefix(":")
-        return f"[{address}]:{_port(port)}"
-    name, _, port = host.partition(":")
-    if not name:
-        raise ValueError("missing host")
-    return f"{name}:{_port(port)}"
-
-
-def _port(raw: str) -> int:
-    if not raw:
-        return DEFAULT_PORT
-    # The port may be a piece of a password with an unencoded `/`, `?` or `#`: not quoted.
-    if not (len(raw) <= 5 and raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536):
-        raise ValueError("the port must be a number from 1 to 65535")
-    return int(raw)
-
-
-def _unknown(name: str, converters: Mapping[str, Converter]) -> NoReturn:
-    raise ValueError(f"unknown option {shown_name(name)}; known: {', '.join(sorted(converters))}")
 
 
 def ms(seconds: float) -> int:
     """`seconds` as librdkafka milliseconds (at least 1)."""
     return max(1, round(seconds * 1000))
-
-
-def _positive(kind: type[int] | Callable[[str], float]) -> Converter:
-    def convert(raw: str) -> object:
-        value = kind(raw)
-        if value <= 0:
-            raise ValueError(f"expected a number > 0, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _non_negative(raw: str) -> float:
-    value = finite_float(raw)
-    if value < 0:
-        raise ValueError(f"expected a number >= 0, got {raw!r}")
-    return value
-
-
-def _choice(choices: Iterable[str], *, upper: bool = False) -> Converter:
-    allowed = tuple(choices)
-
-    def convert(raw: str) -> object:
-        value = raw.upper() if upper else raw.lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
-        return value
-
-    return convert
-
-
-OPTIONS: dict[str, Converter] = {
-    "topic_prefix": str,
-    "topic": lambda raw: raw or None,
-    "security_protocol": _choice(SECURITY_PROTOCOLS),
-    "sasl_mechanism": _choice(SASL_MECHANISMS, upper=True),
-    "ssl_ca_location": lambda raw: raw or None,
-    "client_id": str,
-    "connect_timeout": _positive(finite_float),
-    "timeout": _positive(finite_float),
-    "max_message_bytes": _positive(int),
-    "linger_ms": _non_negative,
-    "session_timeout": _positive(finite_float),
-    "max_poll_interval": _positive(finite_float),
-    "metadata_refresh": _positive(finite_float),
-    "auto_offset_reset": _choice(OFFSET_RESETS),
-}
 
 
 class LibrdkafkaLog:

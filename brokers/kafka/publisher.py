@@ -114,7 +114,7 @@ _UNREACHABLE = frozenset(
 
 def parse_url(url: str) -> KafkaOptions:
     """`KafkaOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    return kafka_url.parse_url(url, ignored=kafka_url.CONSUMER_ONLY)
+    return kafka_url.parse_url(url, "publisher")
 
 
 class _Reports:

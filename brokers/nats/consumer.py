@@ -52,8 +52,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from outboxkit.brokers.consuming import Delivery, Subscription
 from outboxkit.brokers.nats import options as nats_url
-from outboxkit.brokers.nats.options import NatsOptions, subject_matches, valid_subject, valid_token
-from outboxkit.brokers.url import finite_float
+from outboxkit.brokers.nats.options import (
+    NatsConsumerOptions,
+    subject_matches,
+    valid_subject,
+    valid_token,
+)
 from outboxkit.outbox.bounded import settle_within
 from outboxkit.outbox.envelope import Malformed, from_headers
 from outboxkit.outbox.errors import BrokerUnavailable, ConfigurationError, InvalidMessage
@@ -72,37 +76,9 @@ _NOT_A_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _NETWORK_ERRORS = (OSError, nats.errors.Error)
 
 
-@dataclass(frozen=True, kw_only=True)
-class NatsConsumerOptions(NatsOptions):
-    """A `nats://` URL's settings, with the consumer's own."""
-
-    ack_wait: float = 30.0
-    max_deliver: int = -1
-
-
-def _positive(raw: str) -> float:
-    value = finite_float(raw)
-    if value <= 0:
-        raise ValueError(f"expected a number > 0, got {raw!r}")
-    return value
-
-
-def _max_deliver(raw: str) -> int:
-    value = int(raw)
-    if value != -1 and value < 1:
-        raise ValueError(f"max_deliver must be -1 (no limit) or at least 1, got {raw!r}")
-    return value
-
-
-CONSUMER_OPTIONS: dict[str, nats_url.Converter] = {
-    "ack_wait": _positive,
-    "max_deliver": _max_deliver,
-}
-
-
 def parse_url(url: str) -> NatsConsumerOptions:
     """`NatsConsumerOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    return nats_url.parse_url(url, NatsConsumerOptions, CONSUMER_OPTIONS)
+    return nats_url.parse_url(url, NatsConsumerOptions, "consumer")
 
 
 def durable_name(consumer: str) -> str:

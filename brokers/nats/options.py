@@ -4,29 +4,25 @@ Pure parsing: no import of the `nats` client here (the write path never imports 
 client), so the publisher (`nats.publisher`) and the consumer (`nats.consumer`)
 read the same options the same way, and create a missing stream the same way.
 
-URL: `nats://[user:password@ | token@]host[:port][?option=value&...]`; the options every
-side accepts are in `COMMON_OPTIONS` (documented in `nats.publisher`). A side adds its
-own options by subclassing `NatsOptions` and passing their converters to `parse_url`.
+URL: `nats://[user:password@ | token@]host[:port][?option=value&...]`; the options are
+in `TABLE` (documented in `nats.publisher` and `nats.consumer`, and in docs/brokers.md).
+Each side checks every option and ignores those only the other side reads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any, TypeVar
 
-from outboxkit.brokers.url import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
-from outboxkit.outbox.errors import ConfigurationError
+from outboxkit.brokers.url import scrub as _scrub
+from outboxkit.brokers.url_options import Option, OptionTable, Side
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, choice, converter, integer, number
 from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_PORT = 4222
 STORAGE_TYPES = ("file", "memory")
 _BAD_SUBJECT_CHARS = re.compile(r"[\s\x00-\x1f]")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-Converter = Callable[[str], object]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,106 +47,82 @@ class NatsOptions:
     reconnect_wait: int = 2
 
 
+@dataclass(frozen=True, kw_only=True)
+class NatsConsumerOptions(NatsOptions):
+    """A `nats://` URL's settings, with the consumer's own."""
+
+    ack_wait: float = 30.0
+    max_deliver: int = -1
+
+
 OptionsT = TypeVar("OptionsT", bound=NatsOptions)
 
 
-# Options of the consumer that the publisher accepts and ignores, so that one URL
-# (OUTBOXKIT_BROKER) can serve both the relay and the consumer.
-CONSUMER_ONLY = frozenset({"ack_wait", "max_deliver"})
+@converter("subjects, comma-separated")
+def _subjects(raw: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in raw.split(",") if s.strip())
 
 
-def parse_url(
-    url: str,
-    kind: type[OptionsT],
-    extra: Mapping[str, Converter] | None = None,
-    ignored: frozenset[str] = frozenset(),
-) -> OptionsT:
-    """`kind` from a broker URL; `ConfigurationError` for anything malformed or unknown.
+@converter("-1 or a whole number >= 1")
+def _max_deliver(raw: str) -> int:
+    value: int = integer()(raw)
+    if value != -1 and value < 1:
+        raise ValueError(f"expected -1 (no limit) or at least 1, got {raw!r}")
+    return value
 
-    `extra` converts the options only `kind` has (besides `COMMON_OPTIONS`); names in
-    `ignored` are accepted and dropped.
-    """
-    converters = {**COMMON_OPTIONS, **(extra or {})}
-    shown = display(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid NATS URL {shown}: {STRAY_AT}")
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ConfigurationError(f"invalid NATS URL {shown}: {NETLOC_PROBLEM}") from None
-    if parts.scheme != "nats" or not host:
-        raise ConfigurationError(f"expected nats://host[:port], got {shown}")
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    fields: dict[str, Any] = {}
-    try:
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-            if name in ignored:
-                continue
-            if name not in converters:
-                _unknown(name, converters)
-            fields[name] = converters[name](raw)
-        options = kind(
-            server=f"nats://{host}:{port}" if ":" not in host else f"nats://[{host}]:{port}",
-            display=shown,
-            user=user if password is not None else None,
-            password=password,
-            token=user if password is None else None,
-            **fields,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid option in {shown}: {exc}") from None
+
+_DURATION = number(0)  # seconds, 0 allowed
+TABLE = OptionTable(
+    label="NATS",
+    form="nats://host[:port]",
+    schemes={"nats": DEFAULT_PORT},
+    kind=NatsConsumerOptions,
+    options=(
+        Option("stream", TEXT, "the JetStream stream the messages go to"),
+        Option("subject_prefix", TEXT, "a message's subject is `subject_prefix + topic`"),
+        Option("subjects", _subjects, "the subjects of a stream we create (`<subject_prefix>>`)"),
+        Option("create_stream", BOOL, "create the stream if missing (never altered)"),
+        Option("duplicate_window", _DURATION, "seconds JetStream drops a republished message"),
+        Option("max_age", _DURATION, "seconds a stream we create keeps messages (0: forever)"),
+        Option("replicas", integer(0), "replicas of a stream we create"),
+        Option("storage", choice(*STORAGE_TYPES), "storage of a stream we create"),
+        Option("timeout", _DURATION, "seconds to wait for a PubAck or a stream call"),
+        Option("connect_timeout", integer(0), "seconds to open a connection"),
+        Option("reconnect_wait", integer(0), "seconds between reconnection attempts"),
+        Option(
+            "ack_wait",
+            SECONDS,
+            "seconds JetStream waits for an ack before it redelivers",
+            side="consumer",
+        ),
+        Option(
+            "max_deliver", _max_deliver, "deliveries before JetStream gives up", side="consumer"
+        ),
+    ),
+)
+
+
+def parse_url(url: str, kind: type[OptionsT], side: Side) -> OptionsT:
+    """`kind` from a broker URL as `side` reads it; `ConfigurationError` for anything
+    malformed or unknown."""
+    parts = TABLE.split(url)
+    parts.refuse_path()
+    fields = TABLE.read_url(parts, side)
+    user, password = parts.user or None, parts.password
+    options = kind(
+        server=f"nats://{parts.hosts[0]}",
+        display=parts.shown,
+        user=user if password is not None else None,
+        password=password,
+        token=user if password is None else None,
+        **fields,
+    )
     if not options.subjects and not options.subject_prefix and options.create_stream:
-        raise ConfigurationError(
-            f"{shown}: an empty subject_prefix needs subjects=... for the stream "
+        raise parts.error(
+            "an empty subject_prefix needs subjects=... for the stream "
             "(JetStream refuses a catch-all '>')"
         )
     return options
-
-
-def _unknown(name: str, converters: Mapping[str, Converter]) -> NoReturn:
-    raise ValueError(f"unknown option {shown_name(name)}; known: {', '.join(sorted(converters))}")
-
-
-def to_bool(raw: str) -> bool:
-    """`true`/`false` (also 1/0, yes/no, on/off)."""
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def non_negative(kind: type[int] | Callable[[str], float]) -> Converter:
-    """A converter to `kind` (`int`, `finite_float`) refusing negative numbers."""
-
-    def convert(raw: str) -> object:
-        value = kind(raw)
-        if value < 0:
-            raise ValueError(f"expected a number >= 0, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _storage(raw: str) -> str:
-    if raw not in STORAGE_TYPES:
-        raise ValueError(f"storage must be one of {', '.join(STORAGE_TYPES)}, got {raw!r}")
-    return raw
-
-
-COMMON_OPTIONS: dict[str, Converter] = {
-    "stream": str,
-    "subject_prefix": str,
-    "subjects": lambda raw: tuple(s.strip() for s in raw.split(",") if s.strip()),
-    "create_stream": to_bool,
-    "duplicate_window": non_negative(finite_float),
-    "max_age": non_negative(finite_float),
-    "replicas": non_negative(int),
-    "storage": _storage,
-    "timeout": non_negative(finite_float),
-    "connect_timeout": non_negative(int),
-    "reconnect_wait": non_negative(int),
-}
 
 
 def display(url: str) -> str:
@@ -160,11 +132,7 @@ def display(url: str) -> str:
 
 def scrub(error: object, options: NatsOptions) -> str:
     """`error` as text with the URL's password and token masked."""
-    text = str(error) or type(error).__name__
-    for secret in (options.password, options.token):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return _scrub(error, (options.password, options.token))
 
 
 def stream_fields(options: NatsOptions) -> dict[str, Any]:

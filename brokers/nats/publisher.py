@@ -67,7 +67,7 @@ _CLIENT_REFUSALS = (
 
 def parse_url(url: str) -> NatsOptions:
     """`NatsOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    return nats_url.parse_url(url, NatsOptions, ignored=nats_url.CONSUMER_ONLY)
+    return nats_url.parse_url(url, NatsOptions, "publisher")
 
 
 def _wire_size(headers: dict[str, str], payload: bytes) -> int:

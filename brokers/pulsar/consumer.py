@@ -103,7 +103,7 @@ _UNREACHABLE = (
 
 def parse_url(url: str) -> PulsarOptions:
     """`PulsarOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    return pulsar_url.parse_url(url, ignored=pulsar_url.PUBLISHER_ONLY)
+    return pulsar_url.parse_url(url, "consumer")
 
 
 def subscription_target(options: PulsarOptions, patterns: Sequence[str]) -> list[str] | str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote
+from typing import Any
 
-from outboxkit.brokers.url import STRAY_AT, finite_float, shown_name, stray_at
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable, Side
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, integer, optional
 from outboxkit.outbox.errors import ConfigurationError
 from outboxkit.outbox.redact import redact_dsn
 
@@ -31,9 +32,6 @@ FRAME_PADDING = 10 * 1024
 _NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9._-]")
 _NAMED_ENTITY = re.compile(r"^[-=:.\w]+$")  # Pulsar's rule for tenant and namespace names
 _PARTITION_SUFFIX = "-partition-"  # reserved: the broker would read a partition index after it
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-Converter = Callable[[str], object]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,8 +84,7 @@ class PulsarOptions:
 
     def scrub(self, error: object) -> str:
         """`error` as text with the URL's password or token masked."""
-        text = str(error) or type(error).__name__
-        return text.replace(self.password, "***") if self.password else text
+        return scrub(error, (self.password,))
 
     @property
     def operation_timeout(self) -> int:
@@ -111,54 +108,53 @@ class PulsarOptions:
         return settings
 
 
-# Options read by one side only; the other accepts and ignores them.
-PUBLISHER_ONLY = frozenset({"max_message_bytes"})
-CONSUMER_ONLY = frozenset({"receiver_queue_size", "discovery_interval"})
+TABLE = OptionTable(
+    label="Pulsar",
+    form="pulsar://host[:port] or pulsar+ssl://…",
+    schemes=SCHEMES,
+    kind=PulsarOptions,
+    many_hosts=True,
+    options=(
+        Option("tenant", TEXT, "the tenant of the topics"),
+        Option("namespace", TEXT, "the namespace of the topics"),
+        Option("topic_prefix", TEXT, "a message's Pulsar topic is `topic_prefix + topic`"),
+        Option("topic", optional(TEXT), "one Pulsar topic for every message"),
+        CONNECT_TIMEOUT,
+        Option("timeout", SECONDS, "seconds for a send or a client call (whole seconds up)"),
+        Option("tls_trust_certs", optional(TEXT), "CA bundle to verify the brokers with"),
+        Option("tls_allow_insecure", BOOL, "accept an unverified server certificate"),
+        Option("tls_validate_hostname", BOOL, "check the server's host name"),
+        Option(
+            "max_message_bytes",
+            integer(FRAME_PADDING, above=True),
+            "largest message sent (payload and metadata)",
+            side="publisher",
+        ),
+        Option("receiver_queue_size", integer(0, above=True), "messages prefetched", "consumer"),
+        Option(
+            "discovery_interval",
+            integer(0, above=True),
+            "seconds between scans for new topics of a pattern",
+            side="consumer",
+        ),
+    ),
+)
 
 
-def parse_url(url: str, *, ignored: frozenset[str] = frozenset()) -> PulsarOptions:
-    """`PulsarOptions` from a broker URL; `ConfigurationError` for anything malformed.
-
-    Options named in `ignored` are accepted and left at their defaults.
-    """
-    shown = display(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid Pulsar URL {shown}: {STRAY_AT}")
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme not in SCHEMES or not sep:
-        raise ConfigurationError(f"expected pulsar://host[:port] or pulsar+ssl://…, got {shown}")
-    netloc, _, query = rest.partition("?")
-    netloc = netloc.split("#", 1)[0].rstrip("/")
-    if "/" in netloc:
-        raise ConfigurationError(f"{shown}: a pulsar:// URL has no path (use tenant=, namespace=)")
-    userinfo, at, hosts = netloc.rpartition("@")
-    user = password = None
-    if at:
-        raw_user, colon, raw_password = userinfo.partition(":")
-        if not colon:
-            raise ConfigurationError(
-                f"{shown}: give user:password@ (basic auth) or :token@ (token auth)"
-            )
-        user = unquote(raw_user) or None
-        password = unquote(raw_password) or None
-    fields: dict[str, Any] = {}
-    try:
-        servers = ",".join(_server(host, SCHEMES[scheme]) for host in hosts.split(","))
-        for name, raw in parse_qsl(query, keep_blank_values=True):
-            if name not in OPTIONS:
-                _unknown(name)
-            if name not in ignored:
-                fields[name] = OPTIONS[name](raw)
-        options = PulsarOptions(
-            service_url=f"{scheme}://{servers}",
-            display=shown,
-            user=user,
-            password=password,
-            **fields,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid Pulsar URL {shown}: {exc}") from None
+def parse_url(url: str, side: Side | None = None) -> PulsarOptions:
+    """`PulsarOptions` from a broker URL as `side` reads it (None: every option kept);
+    `ConfigurationError` for anything malformed."""
+    parts = TABLE.split(url)
+    parts.refuse_path("a pulsar:// URL has no path (use tenant=, namespace=)")
+    if parts.user is not None and parts.password is None:
+        raise parts.error("give user:password@ (basic auth) or :token@ (token auth)")
+    options = PulsarOptions(
+        service_url=f"{parts.scheme}://{','.join(map(str, parts.hosts))}",
+        display=parts.shown,
+        user=parts.user or None,
+        password=parts.password or None,
+        **TABLE.read_url(parts, side),
+    )
     _check(options)
     return options
 
@@ -178,74 +174,6 @@ def _check(options: PulsarOptions) -> None:
         )
     if options.user is not None and options.password is None:
         raise ConfigurationError(f"{shown}: basic auth needs a password (user:password@)")
-
-
-def _server(host: str, default_port: int) -> str:
-    host = host.strip()
-    if not host:
-        raise ValueError("missing host")
-    if host.startswith("["):  # [v6]:port
-        address, _, port = host[1:].partition("]")
-        return f"[{address}]:{_port(port.removeprefix(':'), default_port)}"
-    name, _, port = host.partition(":")
-    if not name:
-        raise ValueError("missing host")
-    return f"{name}:{_port(port, default_port)}"
-
-
-def _port(raw: str, default: int) -> int:
-    if not raw:
-        return default
-    # The port may be a piece of a password with an unencoded `/`, `?` or `#`: not quoted.
-    if not (len(raw) <= 5 and raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536):
-        raise ValueError("the port must be a number from 1 to 65535")
-    return int(raw)
-
-
-def _unknown(name: str) -> NoReturn:
-    raise ValueError(f"unknown option {shown_name(name)}; known: {', '.join(sorted(OPTIONS))}")
-
-
-def _positive(kind: type[int] | Callable[[str], float]) -> Converter:
-    def convert(raw: str) -> object:
-        value = kind(raw)
-        if value <= 0:
-            raise ValueError(f"expected a number > 0, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _max_message_bytes(raw: str) -> int:
-    value = int(raw)
-    if value <= FRAME_PADDING:
-        raise ValueError(f"max_message_bytes must exceed {FRAME_PADDING}, got {raw!r}")
-    return value
-
-
-OPTIONS: dict[str, Converter] = {
-    "tenant": str,
-    "namespace": str,
-    "topic_prefix": str,
-    "topic": lambda raw: raw or None,
-    "connect_timeout": _positive(finite_float),
-    "timeout": _positive(finite_float),
-    "tls_trust_certs": lambda raw: raw or None,
-    "tls_allow_insecure": _bool,
-    "tls_validate_hostname": _bool,
-    "max_message_bytes": _max_message_bytes,
-    "receiver_queue_size": _positive(int),
-    "discovery_interval": _positive(int),
-}
 
 
 def display(url: str) -> str:

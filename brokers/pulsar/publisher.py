@@ -128,7 +128,7 @@ _UNREACHABLE = frozenset(
 
 def parse_url(url: str) -> PulsarOptions:
     """`PulsarOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    return pulsar_url.parse_url(url, ignored=pulsar_url.CONSUMER_ONLY)
+    return pulsar_url.parse_url(url, "publisher")
 
 
 def client_logger() -> Any:

@@ -14,14 +14,12 @@ documented in `rabbitmq.publisher` and `rabbitmq.consumer`.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
-from outboxkit.brokers.url import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
-from outboxkit.outbox.errors import ConfigurationError
-from outboxkit.outbox.redact import redact_dsn
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, choice, converter, integer
 from outboxkit.outbox.topics import matches_any
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -30,7 +28,6 @@ DEFAULT_EXCHANGE = "outboxkit"
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 MAX_SHORTSTR = 255  # bytes: routing keys, exchange and queue names, header names
 QUEUE_TYPES = ("classic", "quorum")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,101 +64,71 @@ class AmqpOptions:
 
     def scrub(self, error: object) -> str:
         """`error` as text with the password masked (client errors may quote the URL)."""
-        text = str(error) or type(error).__name__
-        if self.password and self.password != "guest":
-            text = text.replace(self.password, "***")
-        return text
+        return scrub(error, (self.password if self.password != "guest" else None,))
 
 
-def _bool(raw: str) -> bool:
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _positive(kind: type[int] | Callable[[str], float]) -> Any:
-    def convert(raw: str) -> object:
-        value = kind(raw)
-        if not value > 0:
-            raise ValueError(f"expected a number > 0, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(f"expected a number >= 0, got {raw!r}")
-    return value
-
-
+@converter(f"name of 1 to {MAX_SHORTSTR} bytes")
 def _name(raw: str) -> str:
     if not raw or len(raw.encode()) > MAX_SHORTSTR:
         raise ValueError(f"expected a name of 1 to {MAX_SHORTSTR} bytes, got {raw!r}")
     return raw
 
 
-def _queue_type(raw: str) -> str:
-    if raw not in QUEUE_TYPES:
-        raise ValueError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}, got {raw!r}")
-    return raw
-
-
-OPTIONS: dict[str, Any] = {
-    "cafile": str,
-    "certfile": str,
-    "keyfile": str,
-    "verify": _bool,
-    "timeout": _positive(finite_float),
-    "connect_timeout": _positive(finite_float),
-    "heartbeat": _non_negative_int,
-    "reconnect_wait": _positive(finite_float),
-    "exchange": _name,
-    "declare": _bool,
-    "max_message_bytes": _positive(int),
-    "queue": _name,
-    "prefetch": _non_negative_int,
-    "dead_letter_exchange": str,  # "" is RabbitMQ's default exchange, a legal target
-    "queue_type": _queue_type,
-}
+TABLE = OptionTable(
+    label="AMQP",
+    form="amqp://host[:port][/vhost] or amqps://…",
+    schemes=DEFAULT_PORTS,
+    kind=AmqpOptions,
+    options=(
+        Option("cafile", TEXT, "CA bundle to verify the server with (amqps:// only)"),
+        Option("certfile", TEXT, "client certificate (amqps:// only)"),
+        Option("keyfile", TEXT, "client certificate's key (amqps:// only; needs certfile)"),
+        Option("verify", BOOL, "verify the server's certificate and host name"),
+        Option("timeout", SECONDS, "seconds for publisher confirms, declarations and acks"),
+        CONNECT_TIMEOUT,
+        Option("heartbeat", integer(0), "seconds between AMQP heartbeats (0: none)"),
+        Option("reconnect_wait", SECONDS, "seconds between reconnection attempts"),
+        Option("exchange", _name, "the topic exchange messages are published to"),
+        Option("declare", BOOL, "declare the exchange (and the consumer's queue) if missing"),
+        Option(
+            "max_message_bytes",
+            integer(0, above=True),
+            "largest message sent (the broker's max_message_size)",
+            side="publisher",
+        ),
+        Option(
+            "queue", _name, "the consumer's queue", side="consumer", default="the consumer name"
+        ),
+        Option("prefetch", integer(0), "unacked deliveries in flight (0: no limit)", "consumer"),
+        Option(
+            "dead_letter_exchange",
+            TEXT,  # "" is RabbitMQ's default exchange, a legal target
+            "exchange of the consumer queue's dead letters",
+            side="consumer",
+        ),
+        Option("queue_type", choice(*QUEUE_TYPES), "type of a queue we declare", "consumer"),
+    ),
+)
 
 
 def parse_url(url: str) -> AmqpOptions:
     """`AmqpOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    shown = redact_dsn(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid AMQP URL {shown}: {STRAY_AT}")
-    try:
-        parts = urlsplit(url)
-        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
-    except ValueError:
-        raise ConfigurationError(f"invalid AMQP URL {shown}: {NETLOC_PROBLEM}") from None
-    if scheme not in DEFAULT_PORTS or not host:
-        raise ConfigurationError(f"expected amqp://host[:port][/vhost] or amqps://…, got {shown}")
-    fields: dict[str, Any] = {}
-    if parts.username is not None:
-        fields["user"] = unquote(parts.username)
-        fields["password"] = unquote(parts.password or "")
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    fields["vhost"] = unquote(path) or "/"
-    try:
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in OPTIONS:
-                known = ", ".join(sorted(OPTIONS))
-                raise ValueError(f"unknown option {shown_name(name)}; known: {known}")
-            fields[name] = OPTIONS[name](raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid option in {shown}: {exc}") from None
-    if scheme != "amqps" and any(k in fields for k in ("cafile", "certfile", "keyfile")):
-        raise ConfigurationError(f"{shown}: cafile/certfile/keyfile need an amqps:// URL")
+    parts = TABLE.split(url)
+    fields = TABLE.read_url(parts)
+    if parts.user is not None:
+        fields["user"] = parts.user
+        fields["password"] = parts.password or ""
+    fields["vhost"] = unquote(parts.path.removeprefix("/")) or "/"
+    if parts.scheme != "amqps" and any(k in fields for k in ("cafile", "certfile", "keyfile")):
+        raise parts.error("cafile/certfile/keyfile need an amqps:// URL")
     if fields.get("keyfile") and not fields.get("certfile"):
-        raise ConfigurationError(f"{shown}: keyfile= needs certfile=")
+        raise parts.error("keyfile= needs certfile=")
+    host = parts.hosts[0]
     return AmqpOptions(
-        display=shown,
-        tls=scheme == "amqps",
-        host=host,
-        port=port or DEFAULT_PORTS[scheme],
+        display=parts.shown,
+        tls=parts.scheme == "amqps",
+        host=host.name,
+        port=host.port or DEFAULT_PORTS[parts.scheme],
         **fields,
     )
 

@@ -29,21 +29,18 @@ rejects such a message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-from outboxkit.brokers.url import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
-from outboxkit.outbox.errors import ConfigurationError
-from outboxkit.outbox.redact import redact_dsn
+from outboxkit.brokers.url import SplitUrl
+from outboxkit.brokers.url import scrub as _scrub
+from outboxkit.brokers.url_options import CONNECT_TIMEOUT, Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, SECONDS, TEXT, choice, converter, integer
 
 DEFAULT_PORT = 6379
 PAYLOAD_FIELD = "outboxkit-payload"
 CERT_REQS = ("required", "optional", "none")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-Converter = Callable[[str], object]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,117 +98,80 @@ class RedisOptions:
         return kwargs
 
 
-def to_bool(raw: str) -> bool:
-    """`true`/`false` (also 1/0, yes/no, on/off)."""
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _positive(kind: type[int] | Callable[[str], float]) -> Converter:
-    def convert(raw: str) -> object:
-        value = kind(raw)
-        if not value > 0:
-            raise ValueError(f"expected a number > 0, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(f"expected a whole number >= 0, got {raw!r}")
-    return value
-
-
+@converter("stream key, not empty")
 def _key(raw: str) -> str:
     if not raw:
         raise ValueError("a stream key cannot be empty")
     return raw
 
 
-def _cert_reqs(raw: str) -> str:
-    if raw not in CERT_REQS:
-        raise ValueError(f"ssl_cert_reqs must be one of {', '.join(CERT_REQS)}, got {raw!r}")
-    return raw
-
-
-OPTIONS: dict[str, Converter] = {
-    "stream": _key,
-    "per_topic": to_bool,
-    "prefix": str,
-    "timeout": _positive(finite_float),
-    "connect_timeout": _positive(finite_float),
-    "ssl_ca_certs": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "ssl_cert_reqs": _cert_reqs,
-    "ssl_check_hostname": to_bool,
-    "maxlen": _positive(int),
-    "max_message_bytes": _positive(int),
-    "replicas": _non_negative_int,
-    "claim_idle": _positive(finite_float),
-}
-_TLS_ONLY = frozenset(name for name in OPTIONS if name.startswith("ssl_"))
+_TLS = "(rediss:// only)"
+TABLE = OptionTable(
+    label="Redis",
+    form="redis://host[:port][/db] or rediss://...",
+    schemes={"redis": DEFAULT_PORT, "rediss": DEFAULT_PORT},
+    kind=RedisOptions,
+    options=(
+        Option("stream", _key, "the one stream every topic goes to"),
+        Option("per_topic", BOOL, "each topic its own stream, `prefix + topic`"),
+        Option("prefix", TEXT, "stream key prefix of per_topic=true (refused without it)"),
+        Option("timeout", SECONDS, "seconds for any one command (a pipelined batch is one)"),
+        CONNECT_TIMEOUT,
+        Option("ssl_ca_certs", TEXT, f"CA bundle to verify the server with {_TLS}"),
+        Option("ssl_certfile", TEXT, f"client certificate {_TLS}"),
+        Option("ssl_keyfile", TEXT, f"client certificate's key {_TLS}"),
+        Option("ssl_cert_reqs", choice(*CERT_REQS), f"server certificate check {_TLS}"),
+        Option("ssl_check_hostname", BOOL, f"check the server's host name {_TLS}"),
+        Option("maxlen", integer(0, above=True), "approximate cap of a stream", "publisher"),
+        Option("max_message_bytes", integer(0, above=True), "largest message sent", "publisher"),
+        Option("replicas", integer(0), "replicas that must confirm a write (WAIT)", "publisher"),
+        Option(
+            "claim_idle",
+            SECONDS,
+            "seconds before a pending entry of a dead consumer is claimed",
+            side="consumer",
+        ),
+    ),
+)
+_TLS_ONLY = frozenset(name for name in TABLE.names() if name.startswith("ssl_"))
 
 
 def parse_url(url: str) -> RedisOptions:
     """`RedisOptions` from a broker URL; `ConfigurationError` for anything malformed."""
-    shown = redact_dsn(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid Redis URL {shown}: {STRAY_AT}")
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ConfigurationError(f"invalid Redis URL {shown}: {NETLOC_PROBLEM}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss") or not host:
-        raise ConfigurationError(f"expected redis://host[:port][/db] or rediss://..., got {shown}")
-    found: dict[str, Any] = {}
-    try:
-        found["db"] = _db(parts.path)
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in OPTIONS:
-                known = ", ".join(sorted(OPTIONS))
-                raise ValueError(f"unknown option {shown_name(name)}; known: {known}")
-            if name in _TLS_ONLY and scheme != "rediss":
-                raise ValueError(f"{name} needs a rediss:// URL")
-            found[name] = OPTIONS[name](raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid option in {shown}: {exc}") from None
+    parts = TABLE.split(url)
+    found = TABLE.read_url(parts)
+    if parts.scheme != "rediss" and (tls_only := _TLS_ONLY & found.keys()):
+        raise parts.error(f"{min(tls_only)} needs a rediss:// URL")
     if "prefix" in found and not found.get("per_topic", False):
-        raise ConfigurationError(f"{shown}: prefix= applies only with per_topic=true")
+        raise parts.error("prefix= applies only with per_topic=true")
     if "stream" in found and found.get("per_topic", False):
-        raise ConfigurationError(f"{shown}: stream= and per_topic=true exclude each other")
+        raise parts.error("stream= and per_topic=true exclude each other")
+    host = parts.hosts[0]
     return RedisOptions(
-        host=host,
-        port=port,
-        display=shown,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        tls=scheme == "rediss",
+        host=host.name,
+        port=host.port or DEFAULT_PORT,
+        db=_db(parts),
+        display=parts.shown,
+        username=parts.user or None,
+        password=parts.password,
+        tls=parts.scheme == "rediss",
         **found,
     )
 
 
-def _db(path: str) -> int:
-    number = path.strip("/")
+def _db(parts: SplitUrl) -> int:
+    number = parts.path.strip("/")
     if not number:
         return 0
     if not (number.isascii() and number.isdigit()):
         # Not quoted: it may be a piece of a password with an unencoded `/`.
-        raise ValueError("the database (the path, /N) must be a number")
+        raise parts.error("the database (the path, /N) must be a number")
     return int(number)
 
 
 def scrub(error: object, options: RedisOptions) -> str:
     """`error` as text with the URL's password masked."""
-    text = str(error) or type(error).__name__
-    if options.password:
-        text = text.replace(options.password, "***")
-    return text
+    return _scrub(error, (options.password,))
 
 
 def to_fields(headers: Mapping[str, str], payload: bytes) -> dict[bytes, bytes]:

@@ -77,13 +77,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from outboxkit.brokers.url import NETLOC_PROBLEM, STRAY_AT, finite_float, shown_name, stray_at
+from outboxkit.brokers.url import scrub
+from outboxkit.brokers.url_options import Option, OptionTable
+from outboxkit.brokers.url_values import BOOL, converter, integer, non_empty, number
 from outboxkit.outbox.envelope import from_headers, to_headers
 from outboxkit.outbox.errors import ConfigurationError, InvalidMessage
 from outboxkit.outbox.message import Message
-from outboxkit.outbox.redact import redact_dsn
 
 DEFAULT_QUEUE = "outboxkit"
 LOCAL_REGION = "us-east-1"
@@ -101,7 +101,6 @@ _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _NOT_TEXT = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # A MessageGroupId: up to 128 letters, digits and ASCII punctuation.
 _GROUP_ID = re.compile(r"[!-~]{1,128}")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,53 +148,28 @@ class SqsOptions:
 
     def scrub(self, error: object) -> str:
         """`error` as text with the secret key (percent-encoded or not) masked."""
-        text = str(error) or type(error).__name__
         # A secret of a few characters would mask half the text and protect nothing.
-        if self.secret_key and len(self.secret_key) >= 4:
-            for form in {self.secret_key, quote(self.secret_key, safe="")}:
-                text = text.replace(form, "***")
-        return text
+        return scrub(error, (self.secret_key,), min_length=4)
 
 
 def parse_url(url: str) -> SqsOptions:
     """`SqsOptions` from a broker URL; `ConfigurationError` for anything malformed or unknown."""
-    shown = redact_dsn(url)
-    if stray_at(url):
-        raise ConfigurationError(f"invalid SQS URL {shown}: {STRAY_AT}")
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise ConfigurationError(f"invalid SQS URL {shown}: {NETLOC_PROBLEM}") from None
-    if parts.scheme != "sqs":
-        raise ConfigurationError(f"expected sqs://[key:secret@][host[:port]], got {shown}")
-    if parts.path not in ("", "/"):
-        raise ConfigurationError(f"{shown}: name the queue with ?queue=..., not in the path")
-    access_key = unquote(parts.username) if parts.username else None
-    secret_key = unquote(parts.password) if parts.password else None
+    parts = TABLE.split(url)
+    parts.refuse_path("name the queue with ?queue=..., not in the path")
+    access_key, secret_key = parts.user or None, parts.password or None
     if (access_key is None) != (secret_key is None):
-        raise ConfigurationError(f"{shown}: give both an access key and a secret, or neither")
-    raw: dict[str, str] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in _OPTIONS:
-            known = ", ".join(sorted(_OPTIONS))
-            raise ConfigurationError(f"{shown}: unknown option {shown_name(name)}; known: {known}")
-        raw[name] = value
-    try:
-        fields = {name: _OPTIONS[name](value) for name, value in raw.items()}
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid option in {shown}: {exc}") from None
-    tls = fields.pop("tls", True)
+        raise parts.error("give both an access key and a secret, or neither")
+    fields = TABLE.read_url(parts)
+    tls = fields.pop("tls", None)
     endpoint = None
-    if host:
-        hostport = f"[{host}]" if ":" in host else host
-        endpoint = f"{'https' if tls else 'http'}://{hostport}{f':{port}' if port else ''}"
+    if parts.host is not None:
+        endpoint = f"{'http' if tls is False else 'https'}://{parts.host}"
         fields.setdefault("region", LOCAL_REGION)
-    elif "tls" in raw:
-        raise ConfigurationError(f"{shown}: tls= only applies to an endpoint host")
-    _check_queues(fields, shown)
+    elif tls is not None:
+        raise parts.error("tls= only applies to an endpoint host")
+    _check_queues(fields, parts.shown)
     return SqsOptions(
-        display=shown,
+        display=parts.shown,
         endpoint_url=endpoint,
         access_key=access_key,
         secret_key=secret_key,
@@ -231,55 +205,47 @@ def _check_queues(fields: dict[str, Any], shown: str) -> None:
     fields["queue"], fields["fifo"] = queue, bool(fifo)
 
 
-def to_bool(raw: str) -> bool:
-    """`true`/`false` (also 1/0, yes/no, on/off)."""
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _seconds(low: float, high: float) -> Any:
-    def convert(raw: str) -> float:
-        value = finite_float(raw)
-        if not low <= value <= high:
-            raise ValueError(f"expected seconds between {low:g} and {high:g}, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _visibility(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= MAX_VISIBILITY:
-        raise ValueError(f"visibility must be 1 to {MAX_VISIBILITY} seconds, got {raw!r}")
-    return value
-
-
-def _not_empty(raw: str) -> str:
-    if not raw:
-        raise ValueError("expected a value")
-    return raw
-
-
+@converter("empty, or 1 to 128 ASCII letters and punctuation")
 def _group(raw: str) -> str:
     if raw and not _GROUP_ID.fullmatch(raw):
-        raise ValueError(f"keyless_group must be 1 to 128 ASCII letters/punctuation, got {raw!r}")
+        raise ValueError(f"expected 1 to 128 ASCII letters/punctuation, got {raw!r}")
     return raw
 
 
-_OPTIONS: dict[str, Any] = {
-    "region": _not_empty,
-    "tls": to_bool,
-    "queue": _not_empty,
-    "queue_prefix": _not_empty,
-    "fifo": to_bool,
-    "keyless_group": _group,
-    "create": to_bool,
-    "visibility": _visibility,
-    "rescan": _seconds(0.1, 86_400),
-    "timeout": _seconds(0.1, 3_600),
-    "connect_timeout": _seconds(0.1, 3_600),
-}
+TABLE = OptionTable(
+    label="SQS",
+    form="sqs://[key:secret@][host[:port]]",
+    schemes={"sqs": None},
+    kind=SqsOptions,
+    host_required=False,
+    options=(
+        Option(
+            "region",
+            non_empty,
+            "the AWS region",
+            default="botocore's; `us-east-1` with a host",
+        ),
+        Option("tls", BOOL, "https to the endpoint host (false: plain HTTP)", default="true"),
+        Option("queue", non_empty, "the one queue every topic goes to"),
+        Option("queue_prefix", non_empty, "instead, one queue per topic: `queue_prefix + topic`"),
+        Option("fifo", BOOL, "FIFO queues", default="false, true for a `.fifo` queue"),
+        Option("keyless_group", _group, "FIFO group of keyless messages (empty: one each)"),
+        Option("create", BOOL, "create missing queues (never altered)"),
+        Option(
+            "visibility",
+            integer(1, MAX_VISIBILITY),
+            "seconds a received message stays invisible (a queue we create)",
+        ),
+        Option(
+            "rescan",
+            number(0.1, 86_400),
+            "seconds between listings of queue_prefix queues",
+            side="consumer",
+        ),
+        Option("timeout", number(0.1, 3_600), "seconds to wait for each call's answer"),
+        Option("connect_timeout", number(0.1, 3_600), "seconds to open a connection"),
+    ),
+)
 
 
 # -- queue names ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from typing import Any
 
 from outboxkit.brokers.http import options as http_url
 from outboxkit.brokers.kafka import options as kafka_url
-from outboxkit.brokers.nats import consumer as nats_consumer
 from outboxkit.brokers.nats import options as nats_url
 from outboxkit.brokers.pulsar import options as pulsar_url
 from outboxkit.brokers.rabbitmq import options as rabbitmq_url
@@ -59,60 +58,58 @@ PARSERS: tuple[UrlParser, ...] = (
         "NATS URL options",
         ("nats",),
         (
-            lambda url: nats_url.parse_url(
-                url, nats_url.NatsOptions, ignored=nats_url.CONSUMER_ONLY
-            ),
-            nats_consumer.parse_url,
+            lambda url: nats_url.parse_url(url, nats_url.NatsOptions, "publisher"),
+            lambda url: nats_url.parse_url(url, nats_url.NatsConsumerOptions, "consumer"),
         ),
-        (*nats_url.COMMON_OPTIONS, *nats_consumer.CONSUMER_OPTIONS),
+        nats_url.TABLE.names(),
         _nats_use,
     ),
     UrlParser(
         "RabbitMQ URL options",
         ("amqp", "amqps"),
         (rabbitmq_url.parse_url,),
-        tuple(rabbitmq_url.OPTIONS),
+        rabbitmq_url.TABLE.names(),
         _amqp_use,
     ),
     UrlParser(
         "Redis URL options",
         ("redis", "rediss"),
         (redis_url.parse_url,),
-        tuple(redis_url.OPTIONS),
+        redis_url.TABLE.names(),
         _redis_use,
     ),
     UrlParser(
         "Kafka URL options",
         ("kafka",),
         (
-            lambda url: kafka_url.parse_url(url, ignored=kafka_url.CONSUMER_ONLY),
-            lambda url: kafka_url.parse_url(url, ignored=kafka_url.PUBLISHER_ONLY),
+            lambda url: kafka_url.parse_url(url, "publisher"),
+            lambda url: kafka_url.parse_url(url, "consumer"),
         ),
-        tuple(kafka_url.OPTIONS),
+        kafka_url.TABLE.names(),
         _kafka_use,
     ),
     UrlParser(
         "SQS URL options",
         ("sqs",),
         (sqs_url.parse_url,),
-        tuple(sqs_url._OPTIONS),
+        sqs_url.TABLE.names(),
         _sqs_use,
     ),
     UrlParser(
         "Pulsar URL options",
         ("pulsar", "pulsar+ssl"),
         (
-            lambda url: pulsar_url.parse_url(url, ignored=pulsar_url.CONSUMER_ONLY),
-            lambda url: pulsar_url.parse_url(url, ignored=pulsar_url.PUBLISHER_ONLY),
+            lambda url: pulsar_url.parse_url(url, "publisher"),
+            lambda url: pulsar_url.parse_url(url, "consumer"),
         ),
-        tuple(pulsar_url.OPTIONS),
+        pulsar_url.TABLE.names(),
         _pulsar_use,
     ),
     UrlParser(
         "HTTP URL options",
         ("http", "https"),
         (http_url.parse_url,),
-        tuple(http_url.OPTION_PREFIX + name for name in http_url.OPTIONS),
+        http_url.TABLE.names(),
         _http_use,
     ),
 )
